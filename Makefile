@@ -1,0 +1,29 @@
+# make run   - set up .venv, classify the bundled cat photo with the default model
+# make test  - set up .venv, run the whole test suite
+# make bench - set up .venv, run the benchmarks and rewrite benchmarks/RESULTS.md
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench install clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/imagezoo classify src/imagezoo/resources/cat.png --top 5
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_classify.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,25 @@
+"""imagezoo: image classification with pretrained residual networks.
+
+The public API; everything the command line does is one of these calls::
+
+    import imagezoo
+    model = imagezoo.load_model("efficientnet_lite0")
+    for result in imagezoo.classify(model, ["photo.jpg"], top=5):
+        print(result.input, result.predictions[0].label)
+"""
+__version__ = "0.1.0"
+
+from .card import ModelCard  # noqa: E402
+from .data.transforms import Preprocess  # noqa: E402
+from .errors import (  # noqa: E402
+    DatasetError, ImageDecodeError, ImagezooError, UnknownModelError, WeightsError,
+    WeightsMismatchError, WeightsNotAvailableError,
+)
+from .loader import load_model  # noqa: E402
+from .tasks.classify import Prediction, Ranked, classify, preprocess  # noqa: E402
+
+__all__ = [
+    "DatasetError", "ImageDecodeError", "ImagezooError", "ModelCard", "Prediction", "Preprocess",
+    "Ranked", "UnknownModelError", "WeightsError", "WeightsMismatchError",
+    "WeightsNotAvailableError", "classify", "load_model", "preprocess",
+]

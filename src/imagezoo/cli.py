@@ -1,0 +1,119 @@
+"""The ``imagezoo`` command: one thin subcommand per task (parse -> call the API -> print).
+
+Exit status: 0 when everything worked, 1 when some inputs failed (the others were still
+processed and printed), 2 for usage errors (bad options, unknown model, unusable weights).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .errors import ImagezooError
+from .loader import load_model
+from .models.registry import DEFAULT_MODEL, MODELS
+from .tasks.classify import Prediction, classify
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagezoo", description="Image classification with pretrained residual networks.")
+    parser.add_argument("--version", action="version", version=f"imagezoo {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    classify_parser = commands.add_parser(
+        "classify", help="print the top classes of images",
+        description="Classify images (files, folders, list files, http(s) URLs).")
+    classify_parser.add_argument("inputs", nargs="+", metavar="INPUT")
+    add_model_options(classify_parser)
+    classify_parser.add_argument("--top", type=positive_int, default=5, metavar="K",
+                                 help="how many classes to print per image (default 5)")
+    classify_parser.add_argument("--json", action="store_true",
+                                 help="print JSON Lines, one object per input, in input order")
+    add_batch_options(classify_parser)
+    classify_parser.set_defaults(handler=run_classify)
+
+    models_parser = commands.add_parser("models", help="list the model names imagezoo knows")
+    models_parser.set_defaults(handler=run_models)
+    return parser
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
+                        help=f"a model name or a model folder (default {DEFAULT_MODEL}); "
+                             "see 'imagezoo models'")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="weight file (.pth/.pt/.safetensors, torchvision/timm names), "
+                             "or 'random'")
+
+
+def add_batch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
+    parser.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
+                        help="decoding processes (default: up to 4, none for a single image)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--progress", action="store_true",
+                        help="show a progress bar even when stderr is not a terminal")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    model = load_model(args.model, weights=args.weights)
+    results = classify(model, args.inputs, top=args.top, batch_size=args.batch_size,
+                       workers=args.workers, device=args.device, progress=args.progress)
+    if not results:
+        raise ImagezooError("no images found in " + ", ".join(args.inputs))
+    for result in results:
+        if not result.ok:
+            print(f"imagezoo: {result.error}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(result.to_dict()), flush=True)
+        elif result.ok:
+            print(format_table(result))
+    return EXIT_OK if all(r.ok for r in results) else EXIT_SOME_FAILED
+
+
+def format_table(result: Prediction) -> str:
+    lines = [result.input, f"  {'rank':>4}  {'probability':>11}  label"]
+    for ranked in result.predictions:
+        lines.append(f"  {ranked.rank:>4}  {ranked.probability:>11.2%}  {ranked.label}")
+    return "\n".join(lines) + "\n"
+
+
+def run_models(args: argparse.Namespace) -> int:
+    for name, entry in sorted(MODELS.items()):
+        bundled = "bundled weights" if entry.default_weights else "weights: --weights FILE"
+        print(f"{name:<20} {entry.architecture['family']:<18} {bundled}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="imagezoo: %(message)s")
+    try:
+        return args.handler(args)
+    except ImagezooError as error:
+        print(f"imagezoo: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("imagezoo: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Getting pixels in: decoding, input expansion, preprocessing and batching."""

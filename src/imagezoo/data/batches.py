@@ -1,0 +1,78 @@
+"""Decode and preprocess images in DataLoader workers, yielding batches with their failures.
+
+A bad image never stops a batch: it is returned as a failure (its index and message) next
+to the tensors of the good ones, so the caller reports it in its place and carries on.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ImageDecodeError
+from .images import load_image
+from .transforms import Preprocess, preprocess_image
+
+
+@dataclass
+class Batch:
+    indices: list[int]                 # positions in the source list of the rows of ``tensor``
+    tensor: torch.Tensor | None        # N x 3 x H x W (or N x crops x 3 x H x W), None if all failed
+    failures: list[tuple[int, str]]    # (position, message) of the inputs that failed
+
+
+class ImageDataset(Dataset):
+    """Item ``i``: (i, preprocessed tensor or None, error message or None)."""
+
+    def __init__(self, sources: list[str], spec: Preprocess,
+                 transform: Callable[[Image.Image, Preprocess], torch.Tensor] = preprocess_image,
+                 draft_size: int | None = None):
+        self.sources = sources
+        self.spec = spec
+        self.transform = transform
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int):
+        try:
+            image = load_image(self.sources[index], draft_size=self.draft_size)
+        except ImageDecodeError as error:
+            return index, None, str(error)
+        return index, self.transform(image, self.spec), None
+
+
+def collate(items) -> Batch:
+    good = [(index, tensor) for index, tensor, _ in items if tensor is not None]
+    failures = [(index, error) for index, tensor, error in items if tensor is None]
+    tensor = torch.stack([t for _, t in good]) if good else None
+    return Batch([index for index, _ in good], tensor, failures)
+
+
+def default_workers(count: int) -> int:
+    """Decode in the main process for one image (no start-up cost), else in up to 4 workers."""
+    if count <= 1:
+        return 0
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _one_thread_per_worker(_: int) -> None:
+    # Workers only decode and resize; letting each also spawn a pool of intra-op threads
+    # would oversubscribe the cores the model's forward pass is using.
+    torch.set_num_threads(1)
+
+
+def image_batches(dataset: ImageDataset, batch_size: int = 32,
+                  workers: int | None = None) -> Iterator[Batch]:
+    """Batches in input order; ``workers=None`` picks a number that suits the input count."""
+    if workers is None:
+        workers = default_workers(len(dataset))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate, worker_init_fn=_one_thread_per_worker if workers else None,
+                        persistent_workers=False)
+    yield from loader

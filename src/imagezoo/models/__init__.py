@@ -1,0 +1,1 @@
+"""Architectures in plain PyTorch and the registry of named models."""

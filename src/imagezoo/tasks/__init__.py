@@ -1,0 +1,1 @@
+"""The user-facing tasks, each one function over a loaded model."""

@@ -1,0 +1,105 @@
+"""Classification: image sources -> the top-k classes with probabilities, one result per input."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from ..card import ModelCard
+from ..data.batches import ImageDataset, image_batches
+from ..data.images import load_image, to_rgb
+from ..data.sources import expand_sources
+from ..data.transforms import preprocess_image
+
+log = logging.getLogger(__name__)
+
+
+class Ranked(NamedTuple):
+    rank: int
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass
+class Prediction:
+    """The result for one input: its top-k classes, or the error that stopped it."""
+
+    input: str
+    predictions: list[Ranked] | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"input": self.input, "error": self.error}
+        return {"input": self.input,
+                "predictions": [r._asdict() for r in self.predictions]}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def preprocess(image: str | os.PathLike | Image.Image | np.ndarray, card: ModelCard) -> torch.Tensor:
+    """One image (path, URL, PIL image or H x W x 3 uint8 array) -> 1 x 3 x H x W model input."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        image = to_rgb(image)
+    else:
+        image = load_image(image)
+    return preprocess_image(image, card.preprocess).unsqueeze(0)
+
+
+def show_progress(requested: bool) -> bool:
+    """A bar when asked for, or when stderr is a terminal; pipes stay quiet."""
+    return requested or sys.stderr.isatty()
+
+
+def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.PathLike], top: int = 5,
+             batch_size: int = 32, workers: int | None = None, device: str = "auto",
+             progress: bool = False) -> list[Prediction]:
+    """Classify every image named by ``inputs`` (files, folders, list files, URLs).
+
+    Returns one ``Prediction`` per image in input order; an image that cannot be read gets
+    its error instead of predictions, and the others are classified all the same.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    sources = expand_sources(inputs)
+    card: ModelCard = model.card
+    target = resolve_device(device)
+    model = model.to(target).eval()
+    results: list[Prediction | None] = [None] * len(sources)
+    k = max(1, min(top, card.num_classes))
+    dataset = ImageDataset(sources, card.preprocess)
+    bar = tqdm(total=len(sources), unit="img", file=sys.stderr, disable=not show_progress(progress))
+    with torch.inference_mode(), bar:
+        for batch in image_batches(dataset, batch_size=batch_size, workers=workers):
+            for index, message in batch.failures:
+                log.debug("skipping %s", message)
+                results[index] = Prediction(sources[index], error=message)
+            if batch.tensor is not None:
+                logits = model(batch.tensor.to(target))
+                probabilities = torch.softmax(logits.float(), dim=1).cpu()
+                values, classes = probabilities.topk(k, dim=1)
+                for row, index in enumerate(batch.indices):
+                    ranked = [Ranked(rank + 1, int(c), card.labels[int(c)], float(p))
+                              for rank, (p, c) in enumerate(zip(values[row], classes[row]))]
+                    results[index] = Prediction(sources[index], predictions=ranked)
+            bar.update(len(batch.indices) + len(batch.failures))
+    return results
