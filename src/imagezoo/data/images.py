@@ -38,8 +38,10 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def read_url(url: str, timeout: float = URL_TIMEOUT_SECONDS, max_bytes: int = URL_MAX_BYTES) -> bytes:
-    """Fetch an image's bytes over http(s), with a timeout and a size cap."""
+def read_url(url: str, timeout: float | None = None, max_bytes: int | None = None) -> bytes:
+    """Fetch an image's bytes over http(s), with a timeout and a size cap (module defaults)."""
+    timeout = URL_TIMEOUT_SECONDS if timeout is None else timeout
+    max_bytes = URL_MAX_BYTES if max_bytes is None else max_bytes
     request = urllib.request.Request(url, headers={"User-Agent": "imagezoo"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -1,0 +1,37 @@
+"""Shared test fixtures: the reference files in ../shared/fixtures and generated images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
+CAT_PHOTO = ROOT / "src" / "imagezoo" / "resources" / "cat.png"
+
+
+def shared_fixture(*parts: str) -> Path:
+    """A file from ../shared/fixtures, or skip the test with the reason when it is absent."""
+    path = SHARED_FIXTURES.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference fixture {path} is absent (../shared/fixtures is not beside the "
+                    f"project)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cat_photo() -> Path:
+    return CAT_PHOTO
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The default model with its real ImageNet weights (loaded once per session)."""
+    import imagezoo
+    return imagezoo.load_model("efficientnet_lite0")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
