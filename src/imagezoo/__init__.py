@@ -16,9 +16,13 @@ from .errors import (  # noqa: E402
     WeightsMismatchError, WeightsNotAvailableError,
 )
 from .loader import load_model  # noqa: E402
+from .model_folder import save_model  # noqa: E402
+from .tasks.convert import convert, inspect_weights  # noqa: E402
+from .weights.store import ChecksumError, DownloadError  # noqa: E402
 from .tasks.classify import Prediction, Ranked, classify, preprocess  # noqa: E402
 
 __all__ = [
+    "ChecksumError", "DownloadError", "convert", "inspect_weights", "save_model",
     "DatasetError", "ImageDecodeError", "ImagezooError", "ModelCard", "Prediction", "Preprocess",
     "Ranked", "UnknownModelError", "WeightsError", "WeightsMismatchError",
     "WeightsNotAvailableError", "classify", "load_model", "preprocess",

@@ -15,6 +15,9 @@ from .errors import ImagezooError
 from .loader import load_model
 from .models.registry import DEFAULT_MODEL, MODELS
 from .tasks.classify import Prediction, classify
+from .tasks.convert import convert, inspect_weights
+
+PUBLISHERS = ("torchvision", "matconvnet", "paddle_v1")
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -38,6 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_options(classify_parser)
     classify_parser.set_defaults(handler=run_classify)
 
+    convert_parser = commands.add_parser(
+        "convert", help="import a weight file and write an imagezoo model folder",
+        description="Import a .mat, Paddle v1 folder, .pth or .safetensors file and write "
+                    "weights.safetensors + card.json to DIR.")
+    convert_parser.add_argument("source", metavar="SRC")
+    convert_parser.add_argument("--out", required=True, metavar="DIR")
+    convert_parser.set_defaults(handler=run_convert)
+
+    inspect_parser = commands.add_parser(
+        "inspect", help="describe a weight file: format, architecture, preprocessing, labels")
+    inspect_parser.add_argument("source", metavar="SRC")
+    inspect_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect_parser.set_defaults(handler=run_inspect)
+
     models_parser = commands.add_parser("models", help="list the model names imagezoo knows")
     models_parser.set_defaults(handler=run_models)
     return parser
@@ -48,8 +65,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help=f"a model name or a model folder (default {DEFAULT_MODEL}); "
                              "see 'imagezoo models'")
     parser.add_argument("--weights", metavar="FILE",
-                        help="weight file (.pth/.pt/.safetensors, torchvision/timm names), "
-                             "or 'random'")
+                        help="weight file: .pth/.pt/.safetensors (torchvision/timm names), "
+                             "MatConvNet .mat, PaddlePaddle v1 folder, or 'random'")
+    parser.add_argument("--pretrained", choices=PUBLISHERS, metavar="SOURCE",
+                        help="use the publisher's weights for --model, from the cache or "
+                             f"downloaded and checked: {', '.join(PUBLISHERS)}")
 
 
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +96,7 @@ def non_negative_int(text: str) -> int:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, pretrained=args.pretrained)
     results = classify(model, args.inputs, top=args.top, batch_size=args.batch_size,
                        workers=args.workers, device=args.device, progress=args.progress)
     if not results:
@@ -96,6 +116,36 @@ def format_table(result: Prediction) -> str:
     for ranked in result.predictions:
         lines.append(f"  {ranked.rank:>4}  {ranked.probability:>11.2%}  {ranked.label}")
     return "\n".join(lines) + "\n"
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    folder = convert(args.source, args.out)
+    print(f"wrote {folder / 'weights.safetensors'} and {folder / 'card.json'}")
+    return EXIT_OK
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    summary = inspect_weights(args.source)
+    if args.json:
+        print(json.dumps(summary))
+        return EXIT_OK
+    arch = dict(summary["architecture"])
+    family = arch.pop("family")
+    pre = summary["preprocess"]
+    mean = pre["mean_image"] and f"mean image {pre['mean_image']['shape']}" or f"mean {pre['mean']}"
+    rows = [
+        ("format", summary["format"]),
+        ("architecture", f"{family} " + ", ".join(f"{k}={v}" for k, v in arch.items())),
+        ("tensors", f"{summary['tensors']} ({summary['parameters']:,} parameters)"),
+        ("preprocess", f"resize {pre['resize']}, crop {pre['crop']}, {pre['interpolation']}, "
+                       f"scale {pre['scale']:g}, {pre['channel_order']}, {mean}, std {pre['std']}"),
+        ("classes", str(summary["num_classes"])),
+        ("labels", ", ".join(summary["labels"]) + (", ..." if summary["num_classes"] > 5 else "")),
+        ("sha256", summary["sha256"] or "-"),
+    ]
+    for key, value in rows:
+        print(f"{key:<13} {value}")
+    return EXIT_OK
 
 
 def run_models(args: argparse.Namespace) -> int:

@@ -1,82 +1,103 @@
-"""``load_model``: a name or a model folder (plus optional weights) -> a ready module with a card."""
+"""``load_model``: a name, a weight file or a model folder -> a ready module with its card."""
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .card import ModelCard
 from .errors import WeightsError, WeightsNotAvailableError
 from .models.registry import build_model, default_card, registry_entry
+from .weights.formats import detect_format, read_weights
 from .weights.store import sha256_of
 from .weights.torch_state import load_state_dict, read_state_dict
 
 log = logging.getLogger(__name__)
 
-CARD_FILE = "card.json"
-WEIGHTS_FILE = "weights.safetensors"
 RANDOM = "random"
 
 
-def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = None) -> nn.Module:
+def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = None,
+               pretrained: str | None = None) -> nn.Module:
     """Build a model in eval mode with its card attached as ``model.card``.
 
-    ``name_or_path`` is a registry name (``resnet50``, ``efficientnet_lite0``, ...) or a model
-    folder (``card.json`` + ``weights.safetensors``, as ``convert`` and ``finetune`` write).
+    ``name_or_path`` is either
 
-    ``weights``, for a registry name:
+    * a weight file or folder in any format imagezoo reads (a model folder, a MatConvNet
+      ``.mat``, a PaddlePaddle v1 folder, a torchvision/timm ``.pth`` or ``.safetensors``):
+      the architecture and preprocessing come from the file; or
+    * a registry name (``resnet50``, ``efficientnet_lite0``, ...), with ``weights``:
 
-    * ``None``: the model's bundled weights (only ``efficientnet_lite0`` has them; for the
-      ResNets a ``WeightsNotAvailableError`` says to pass a file);
-    * a ``.pth``/``.pt``/``.safetensors`` path in torchvision/timm naming;
-    * ``"random"``: He-initialised weights, for training from scratch or for speed tests.
+      - ``None``: the model's bundled weights (only ``efficientnet_lite0`` has them; for the
+        ResNets a ``WeightsNotAvailableError`` says to pass a file or ``pretrained``);
+      - a weight file in any format above; a torchvision-style file fills the named
+        architecture, an imported one (MatConvNet, Paddle) must hold the same depth;
+      - ``"random"``: He-initialised weights, for training from scratch or speed tests.
+
+    ``pretrained`` (``"torchvision"``, ``"matconvnet"``, ``"paddle_v1"``) fetches the
+    publisher's weights for the named model through the verified cache (see
+    ``imagezoo.weights.fetch``).
     """
     text = str(name_or_path)
-    if Path(text).is_dir() and (Path(text) / CARD_FILE).is_file():
-        if weights is not None:
-            raise WeightsError(f"{text} is a model folder with its own weights; "
-                               f"do not pass weights as well")
-        return load_model_folder(Path(text))
+    if Path(text).exists():
+        if weights is not None or pretrained is not None:
+            raise WeightsError(f"{text} holds its own weights; do not pass weights as well")
+        tensors, card = read_weights(text)
+        return _assemble(tensors, card, text)
     card = default_card(text)
-    model = build_model(card.architecture)
+    if pretrained is not None:
+        if weights is not None:
+            raise WeightsError("pass either weights or pretrained, not both")
+        from .weights.published import fetch_published
+        weights = fetch_published(text, pretrained)
     if weights is None:
-        entry = registry_entry(text)
-        if entry.default_weights is None:
-            raise WeightsNotAvailableError(
-                f"{text} has no bundled weights: pass a weight file (for example "
-                f"--weights resnet50.pth), or use the default model, efficientnet_lite0")
-        weight_path = entry.default_weights()
-        digest = sha256_of(weight_path)
-        if entry.default_weights_sha256 and digest != entry.default_weights_sha256:
-            raise WeightsError(f"{weight_path}: SHA-256 {digest} differs from the published "
-                               f"{entry.default_weights_sha256}; reinstall the package")
-        _load_file_into(model, card, weight_path, digest)
-    elif str(weights) == RANDOM:
+        return _load_bundled(text, card)
+    if str(weights) == RANDOM:
         card.source = RANDOM
-    else:
-        _load_file_into(model, card, Path(weights), None)
-    return _ready(model, card)
+        return _ready(build_model(card.architecture), card)
+    return _load_named(text, card, Path(weights))
 
 
-def _load_file_into(model: nn.Module, card: ModelCard, path: Path, digest: str | None) -> None:
+def _load_bundled(name: str, card: ModelCard) -> nn.Module:
+    entry = registry_entry(name)
+    if entry.default_weights is None:
+        raise WeightsNotAvailableError(
+            f"{name} has no bundled weights: pass a weight file (--weights resnet50.pth), "
+            f"fetch the published ones (--pretrained torchvision), or use the default model, "
+            f"efficientnet_lite0")
+    path = entry.default_weights()
+    digest = sha256_of(path)
+    if entry.default_weights_sha256 and digest != entry.default_weights_sha256:
+        raise WeightsError(f"{path}: SHA-256 {digest} differs from the published "
+                           f"{entry.default_weights_sha256}; reinstall the package")
     tensors = read_state_dict(path)
-    load_state_dict(model, tensors, str(path))
-    card.source = path.name
-    card.source_format = "safetensors" if path.suffix == ".safetensors" else "torch"
-    card.sha256 = digest or sha256_of(path)
+    card.source, card.source_format, card.sha256 = path.name, "torch", digest
+    return _assemble(tensors, card, str(path))
 
 
-def load_model_folder(folder: Path) -> nn.Module:
-    """A saved model folder: ``card.json`` says what to build, ``weights.safetensors`` fills it."""
-    try:
-        card = ModelCard.from_json((folder / CARD_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise WeightsError(f"{folder / CARD_FILE}: not a valid model card ({error})") from None
+def _load_named(name: str, card: ModelCard, path: Path) -> nn.Module:
+    """A registry name plus a weight file: torch files fill the name's architecture as it
+    stands; imported formats bring their own (v1) architecture, which must match the depth."""
+    kind = detect_format(path)
+    if kind in ("torch", "safetensors"):
+        tensors = read_state_dict(path)
+        card.source, card.source_format, card.sha256 = path.name, kind, sha256_of(path)
+        return _assemble(tensors, card, str(path))
+    tensors, file_card = read_weights(path)
+    wanted, found = card.architecture, file_card.architecture
+    for key in ("family", "block", "layers"):
+        if key in wanted and wanted.get(key) != found.get(key):
+            raise WeightsError(f"{path}: holds a {found.get('family')} with {key} "
+                               f"{found.get(key)}, not the {wanted.get(key)} of {name}")
+    return _assemble(tensors, file_card, str(path))
+
+
+def _assemble(tensors: dict[str, torch.Tensor], card: ModelCard, source: str) -> nn.Module:
     model = build_model(card.architecture)
-    weight_path = folder / WEIGHTS_FILE
-    load_state_dict(model, read_state_dict(weight_path), str(weight_path))
+    load_state_dict(model, tensors, source)
     return _ready(model, card)
 
 

@@ -143,7 +143,7 @@ def to_tensor(image: Image.Image, spec: Preprocess) -> torch.Tensor:
         values = values.flip(-1)
     if spec.mean_image is not None:
         mean = torch.from_numpy(spec.mean_image)
-        if mean.shape[0] != 1 and mean.shape[:2] != values.shape[:2]:
+        if tuple(mean.shape[:2]) not in ((1, 1), tuple(values.shape[:2])):
             raise ValueError(f"mean image of {tuple(mean.shape[:2])} does not match the "
                              f"{tuple(values.shape[:2])} crop")
         values = values - mean

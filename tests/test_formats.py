@@ -1,0 +1,155 @@
+"""Format detection by content, load_model on any source, convert and inspect."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import imagezoo
+from imagezoo.cli import main
+from imagezoo.errors import WeightsError
+from imagezoo.model_folder import MEAN_IMAGE_FILE
+from imagezoo.models.resnet import resnet
+from imagezoo.tasks.convert import convert, inspect_weights
+from imagezoo.weights.formats import detect_format
+from conftest import shared_fixture
+
+
+@pytest.fixture(scope="module")
+def matconvnet_file():
+    return shared_fixture("matconvnet", "resnet_v1_w16_b1211.mat")
+
+
+@pytest.fixture(scope="module")
+def paddle_folder():
+    return shared_fixture("paddle_v1", "resnet_v1_w16_b1211")
+
+
+def test_detection_ignores_misleading_names(tmp_path, matconvnet_file, paddle_folder):
+    torch_file = shared_fixture("torchvision", "resnet18_random.pth")
+    safetensors_file = shared_fixture("torchvision", "resnet50_random_fp16.safetensors")
+    for source, expected, disguise in [(matconvnet_file, "matconvnet", "weights.pth"),
+                                       (torch_file, "torch", "weights.mat"),
+                                       (safetensors_file, "safetensors", "weights.bin")]:
+        disguised = tmp_path / disguise
+        disguised.symlink_to(source)
+        assert detect_format(source) == expected
+        assert detect_format(disguised) == expected
+    assert detect_format(paddle_folder) == "paddle_v1"
+    (tmp_path / "text.pth").write_text("plain text")
+    with pytest.raises(WeightsError, match="text.pth: not a weight file imagezoo knows"):
+        detect_format(tmp_path / "text.pth")
+    with pytest.raises(WeightsError, match="neither an imagezoo model folder"):
+        detect_format(tmp_path)
+
+
+def test_load_model_from_a_matconvnet_file_gives_the_reference(matconvnet_file):
+    reference = np.load(shared_fixture("matconvnet", "resnet_v1_w16_b1211_io.npz"))
+    model = imagezoo.load_model(matconvnet_file)
+    assert model.card.source_format == "matconvnet"
+    assert model.card.architecture["stride_in_1x1"] and model.card.architecture["pool1"] == "caffe"
+    x = imagezoo.preprocess(reference["photo"], model.card)
+    np.testing.assert_allclose(x.numpy(), reference["input"], atol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), reference["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_load_model_from_a_paddle_folder_gives_the_reference(paddle_folder):
+    reference = np.load(shared_fixture("paddle_v1", "resnet_v1_w16_b1211_io.npz"))
+    model = imagezoo.load_model(paddle_folder)
+    assert model.card.preprocess.channel_order == "BGR"
+    with torch.no_grad():
+        logits = model(torch.from_numpy(reference["input_bgr"]))
+    np.testing.assert_allclose(logits.numpy(), reference["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_load_model_infers_a_torchvision_architecture_from_the_file():
+    reference = np.load(shared_fixture("torchvision", "resnet50_random_fp16_io.npz"))
+    model = imagezoo.load_model(shared_fixture("torchvision", "resnet50_random_fp16.safetensors"))
+    assert model.card.architecture["layers"] == [3, 4, 6, 3]
+    assert model.card.architecture["block"] == "bottleneck"
+    with torch.no_grad():
+        logits = model(torch.from_numpy(reference["input"]))
+    np.testing.assert_allclose(logits.numpy(), reference["logits"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("source_name", ["matconvnet", "paddle", "torch"])
+def test_convert_gives_bit_identical_outputs(tmp_path, source_name, matconvnet_file, paddle_folder):
+    source = {"matconvnet": matconvnet_file, "paddle": paddle_folder,
+              "torch": shared_fixture("torchvision", "resnet18_random.pth")}[source_name]
+    folder = convert(source, tmp_path / "converted")
+    assert (folder / "weights.safetensors").is_file() and (folder / "card.json").is_file()
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    original, converted = imagezoo.load_model(source), imagezoo.load_model(folder)
+    card = json.loads((folder / "card.json").read_text())
+    assert card["source"] == source.name and len(card["sha256"]) == 64
+    assert card["labels"] == original.card.labels
+    photo = np.random.default_rng(1).integers(0, 256, (260, 300, 3), dtype=np.uint8)
+    x_original = imagezoo.preprocess(photo, original.card)
+    x_converted = imagezoo.preprocess(photo, converted.card)
+    assert torch.equal(x_original, x_converted)
+    with torch.no_grad():
+        assert torch.equal(original(x_original), converted(x_converted))
+
+
+def test_mean_image_is_stored_beside_the_card(tmp_path, matconvnet_file):
+    folder = convert(matconvnet_file, tmp_path / "m")
+    card = json.loads((folder / "card.json").read_text())
+    assert card["preprocess"]["mean_image"] == MEAN_IMAGE_FILE
+    assert np.load(folder / MEAN_IMAGE_FILE).shape == (224, 224, 3)
+
+
+def test_inspect_summarises(matconvnet_file, paddle_folder):
+    summary = inspect_weights(matconvnet_file)
+    assert summary["format"] == "matconvnet" and summary["num_classes"] == 10
+    assert summary["architecture"]["layers"] == [1, 2, 1, 1] and summary["architecture"]["width"] == 16
+    assert summary["preprocess"]["mean_image"]["shape"] == [224, 224, 3]
+    reference = np.load(shared_fixture("matconvnet", "resnet_v1_w16_b1211_io.npz"))
+    assert summary["labels"] == [str(d) for d in reference["descriptions"][:5]]
+    model = imagezoo.load_model(matconvnet_file)
+    assert summary["parameters"] == sum(p.numel() for p in model.parameters())
+    assert inspect_weights(paddle_folder)["preprocess"]["channel_order"] == "BGR"
+
+
+def test_cli_convert_and_inspect(tmp_path, matconvnet_file, capsys):
+    assert main(["convert", str(matconvnet_file), "--out", str(tmp_path / "out")]) == 0
+    assert "weights.safetensors" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "out"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == "model_folder" and summary["architecture"]["family"] == "resnet"
+    assert main(["inspect", str(matconvnet_file)]) == 0
+    table = capsys.readouterr().out
+    assert "matconvnet" in table and "stride_in_1x1=True" in table and "mean image" in table
+
+
+def test_cli_bad_weight_files_exit_two_without_traceback(tmp_path, capsys):
+    truncated = tmp_path / "truncated.mat"
+    truncated.write_bytes(shared_fixture("matconvnet", "resnet_v1_w16_b1211.mat").read_bytes()[:5000])
+    broken = tmp_path / "paddle"
+    shutil.copytree(shared_fixture("paddle_v1", "resnet_v1_w16_b1211"), broken)
+    (broken / "_res3_2_branch2b_bn.w2").unlink()
+    for arguments, message in [(["inspect", str(truncated)], "truncated.mat"),
+                               (["convert", str(broken), "--out", str(tmp_path / "x")],
+                                "_res3_2_branch2b_bn.w2"),
+                               (["inspect", str(tmp_path / "nothing.mat")], "no such weight file")]:
+        assert main(arguments) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_named_model_with_an_imported_file_of_another_depth(tmp_path, matconvnet_file):
+    with pytest.raises(WeightsError, match=r"layers \[1, 2, 1, 1\], not the \[3, 8, 36, 3\] of resnet152"):
+        imagezoo.load_model("resnet152", weights=matconvnet_file)
+
+
+def test_unknown_tensors_without_a_model_name(tmp_path):
+    torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match="cannot tell which architecture"):
+        imagezoo.load_model(tmp_path / "other.pth")
+    torch.save(resnet(18, num_classes=3).state_dict(), tmp_path / "r18_3.pth")
+    model = imagezoo.load_model(tmp_path / "r18_3.pth")
+    assert model.card.labels == ["class 0", "class 1", "class 2"]
