@@ -153,3 +153,15 @@ def test_unknown_tensors_without_a_model_name(tmp_path):
     torch.save(resnet(18, num_classes=3).state_dict(), tmp_path / "r18_3.pth")
     model = imagezoo.load_model(tmp_path / "r18_3.pth")
     assert model.card.labels == ["class 0", "class 1", "class 2"]
+
+
+def test_cli_weights_alone_bring_their_architecture(paddle_folder, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (230, 240, 3), dtype=np.uint8)).save(photo)
+    assert main(["classify", str(photo), "--weights", str(paddle_folder), "--json", "--top", "3"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["predictions"]) == 3
+    model = imagezoo.load_model(paddle_folder)
+    [expected] = imagezoo.classify(model, photo, top=3)
+    assert [p["index"] for p in record["predictions"]] == [r.index for r in expected.predictions]

@@ -88,3 +88,18 @@ def test_tarball_escaping_its_folder_is_refused(tmp_path):
     with pytest.raises(imagezoo.WeightsError, match="cannot unpack"):
         published.unpack_parameter_folder(archive)
     assert not (tmp_path / "outside.txt").exists()
+
+
+def test_verify_rechecks_a_cached_file(tmp_path, monkeypatch, capsys, cat_photo):
+    weights = shared_fixture("torchvision", "resnet18_random.pth")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cached = cache / "resnet18-abc.pth"
+    cached.write_bytes(weights.read_bytes()[:-10] + b"0123456789")  # damaged after download
+    monkeypatch.setenv("IMAGEZOO_CACHE", str(cache))
+    serve_as(monkeypatch, "resnet18", "torchvision", "http://127.0.0.1:9/resnet18-abc.pth",
+             sha256_of(weights))
+    arguments = ["classify", str(cat_photo), "--model", "resnet18", "--pretrained", "torchvision"]
+    assert main(arguments + ["--verify"]) == 2
+    err = capsys.readouterr().err
+    assert "resnet18-abc.pth" in err and "Traceback" not in err

@@ -61,15 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
-                        help=f"a model name or a model folder (default {DEFAULT_MODEL}); "
-                             "see 'imagezoo models'")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="a model name, a model folder or a weight file (default "
+                             f"{DEFAULT_MODEL}, or what --weights holds); see 'imagezoo models'")
     parser.add_argument("--weights", metavar="FILE",
                         help="weight file: .pth/.pt/.safetensors (torchvision/timm names), "
                              "MatConvNet .mat, PaddlePaddle v1 folder, or 'random'")
     parser.add_argument("--pretrained", choices=PUBLISHERS, metavar="SOURCE",
                         help="use the publisher's weights for --model, from the cache or "
                              f"downloaded and checked: {', '.join(PUBLISHERS)}")
+    parser.add_argument("--verify", action="store_true",
+                        help="with --pretrained, check the SHA-256 of a file already in the cache")
 
 
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +98,7 @@ def non_negative_int(text: str) -> int:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    model = load_model(args.model, weights=args.weights, pretrained=args.pretrained)
+    model = model_from_args(args)
     results = classify(model, args.inputs, top=args.top, batch_size=args.batch_size,
                        workers=args.workers, device=args.device, progress=args.progress)
     if not results:
@@ -116,6 +118,17 @@ def format_table(result: Prediction) -> str:
     for ranked in result.predictions:
         lines.append(f"  {ranked.rank:>4}  {ranked.probability:>11.2%}  {ranked.label}")
     return "\n".join(lines) + "\n"
+
+
+def model_from_args(args: argparse.Namespace):
+    """--model / --weights / --pretrained -> a loaded model. A weight file alone names its
+    own architecture; nothing at all means the default model."""
+    if args.model is None and args.weights is not None and args.pretrained is None:
+        if args.weights == "random":
+            raise ImagezooError("--weights random needs --model NAME")
+        return load_model(args.weights)
+    return load_model(args.model or DEFAULT_MODEL, weights=args.weights,
+                      pretrained=args.pretrained, verify=args.verify)
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ RANDOM = "random"
 
 
 def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = None,
-               pretrained: str | None = None) -> nn.Module:
+               pretrained: str | None = None, verify: bool = False) -> nn.Module:
     """Build a model in eval mode with its card attached as ``model.card``.
 
     ``name_or_path`` is either
@@ -39,7 +39,7 @@ def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | Non
 
     ``pretrained`` (``"torchvision"``, ``"matconvnet"``, ``"paddle_v1"``) fetches the
     publisher's weights for the named model through the verified cache (see
-    ``imagezoo.weights.fetch``).
+    ``imagezoo.weights.fetch``); ``verify=True`` re-hashes a file already in the cache.
     """
     text = str(name_or_path)
     if Path(text).exists():
@@ -52,7 +52,7 @@ def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | Non
         if weights is not None:
             raise WeightsError("pass either weights or pretrained, not both")
         from .weights.published import fetch_published
-        weights = fetch_published(text, pretrained)
+        weights = fetch_published(text, pretrained, verify=verify)
     if weights is None:
         return _load_bundled(text, card)
     if str(weights) == RANDOM:
