@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="how many classes to print per image (default 5)")
     classify_parser.add_argument("--json", action="store_true",
                                  help="print JSON Lines, one object per input, in input order")
+    classify_parser.add_argument("--ten-crop", action="store_true",
+                                 help="average the probabilities of ten crops (corners, centre, "
+                                      "and their mirrors)")
     add_batch_options(classify_parser)
     classify_parser.set_defaults(handler=run_classify)
 
@@ -100,7 +103,8 @@ def non_negative_int(text: str) -> int:
 def run_classify(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     results = classify(model, args.inputs, top=args.top, batch_size=args.batch_size,
-                       workers=args.workers, device=args.device, progress=args.progress)
+                       workers=args.workers, device=args.device, progress=args.progress,
+                       ten_crop=args.ten_crop)
     if not results:
         raise ImagezooError("no images found in " + ", ".join(args.inputs))
     for result in results:

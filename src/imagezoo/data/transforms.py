@@ -157,3 +157,35 @@ def preprocess_image(image: Image.Image, spec: Preprocess) -> torch.Tensor:
     """RGB PIL image -> 3 x H x W tensor, single centre crop."""
     image = resize_and_pad(image, spec)
     return to_tensor(center_crop(image, spec.crop), spec)
+
+
+# The placements of torchvision's FiveCrop, in its order: top-left, top-right, bottom-left,
+# bottom-right, centre (as fractions of the free space left and above the crop).
+FIVE_CROP_PLACES = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))
+
+
+def ten_crop_images(image: Image.Image, crop: int) -> list[Image.Image]:
+    """torchvision's TenCrop: the five crops of the image, then the five of its mirror image.
+
+    The mirrored crops are taken from the flipped picture (so the flipped "top-left" mirrors
+    the original top-right), exactly as ``torchvision.transforms.functional.ten_crop`` does.
+    """
+    mirrored = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    crops = []
+    for source in (image, mirrored):
+        width, height = source.size
+        for left, top in FIVE_CROP_PLACES:
+            if (left, top) == (0.5, 0.5):
+                crops.append(center_crop(source, crop))
+            else:
+                # Corner crops have no rounding: offsets are exactly 0 or size - crop.
+                crops.append(source.crop(crop_box(width, height, crop, left, top)))
+    return crops
+
+
+def preprocess_ten_crop(image: Image.Image, spec: Preprocess) -> torch.Tensor:
+    """RGB PIL image -> 10 x 3 x H x W tensor: the card's resize, then the ten crops."""
+    if spec.crop is None:
+        raise ValueError("ten-crop prediction needs a crop size in the preprocessing spec")
+    image = resize_and_pad(image, spec)
+    return torch.stack([to_tensor(crop, spec) for crop in ten_crop_images(image, spec.crop)])

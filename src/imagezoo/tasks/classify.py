@@ -17,7 +17,7 @@ from ..card import ModelCard
 from ..data.batches import ImageDataset, image_batches
 from ..data.images import load_image, to_rgb
 from ..data.sources import expand_sources
-from ..data.transforms import preprocess_image
+from ..data.transforms import preprocess_image, preprocess_ten_crop
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,31 @@ def show_progress(requested: bool) -> bool:
     return requested or sys.stderr.isatty()
 
 
+def image_dataset(sources: list[str], card: ModelCard, ten_crop: bool = False) -> ImageDataset:
+    """Images decoded and preprocessed per the card: one crop (3xHxW) or ten (10x3xHxW)."""
+    return ImageDataset(sources, card.preprocess,
+                        transform=preprocess_ten_crop if ten_crop else preprocess_image)
+
+
+def class_probabilities(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Softmax over the classes, N x C; a batch of crops (N x K x 3 x H x W) is run as one
+    batch of N*K and the K probability vectors of each image are averaged."""
+    if batch.dim() == 5:
+        images, crops = batch.shape[:2]
+        logits = model(batch.flatten(0, 1))
+        return torch.softmax(logits.float(), dim=1).view(images, crops, -1).mean(dim=1)
+    return torch.softmax(model(batch).float(), dim=1)
+
+
 def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.PathLike], top: int = 5,
              batch_size: int = 32, workers: int | None = None, device: str = "auto",
-             progress: bool = False) -> list[Prediction]:
+             progress: bool = False, ten_crop: bool = False) -> list[Prediction]:
     """Classify every image named by ``inputs`` (files, folders, list files, URLs).
 
     Returns one ``Prediction`` per image in input order; an image that cannot be read gets
     its error instead of predictions, and the others are classified all the same.
+    ``ten_crop`` averages the probabilities of torchvision's ten crops (four corners and the
+    centre, and their mirror images) taken after the card's resize.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -86,7 +104,7 @@ def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.Pat
     model = model.to(target).eval()
     results: list[Prediction | None] = [None] * len(sources)
     k = max(1, min(top, card.num_classes))
-    dataset = ImageDataset(sources, card.preprocess)
+    dataset = image_dataset(sources, card, ten_crop)
     bar = tqdm(total=len(sources), unit="img", file=sys.stderr, disable=not show_progress(progress))
     with torch.inference_mode(), bar:
         for batch in image_batches(dataset, batch_size=batch_size, workers=workers):
@@ -94,8 +112,7 @@ def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.Pat
                 log.debug("skipping %s", message)
                 results[index] = Prediction(sources[index], error=message)
             if batch.tensor is not None:
-                logits = model(batch.tensor.to(target))
-                probabilities = torch.softmax(logits.float(), dim=1).cpu()
+                probabilities = class_probabilities(model, batch.tensor.to(target)).cpu()
                 values, classes = probabilities.topk(k, dim=1)
                 for row, index in enumerate(batch.indices):
                     ranked = [Ranked(rank + 1, int(c), card.labels[int(c)], float(p))
