@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from . import __version__
@@ -15,7 +16,11 @@ from .errors import ImagezooError
 from .loader import load_model
 from .models.registry import DEFAULT_MODEL, MODELS
 from .tasks.classify import Prediction, classify
+from .data.sources import expand_sources
+from .models.layers import list_layers, resolve_layers
 from .tasks.convert import convert, inspect_weights
+from .tasks.feature_files import open_writer
+from .tasks.features import POOLS, iter_features
 
 PUBLISHERS = ("torchvision", "matconvnet", "paddle_v1")
 
@@ -43,6 +48,35 @@ def build_parser() -> argparse.ArgumentParser:
                                       "and their mirrors)")
     add_batch_options(classify_parser)
     classify_parser.set_defaults(handler=run_classify)
+
+    features_parser = commands.add_parser(
+        "features", help="write the outputs of named layers for many images to a file",
+        description="Extract features from named layers (see 'imagezoo layers') for images.")
+    features_parser.add_argument("inputs", nargs="+", metavar="INPUT")
+    add_model_options(features_parser)
+    features_parser.add_argument("--layers", required=True, metavar="L1,L2",
+                                 help="comma-separated layer names (module paths, or Caffe / "
+                                      "Paddle names such as res5c or res5_3_branch2c_bn)")
+    features_parser.add_argument("--out", required=True, metavar="FILE",
+                                 help=".npz, .safetensors, .h5 (streamed) or .txt (Paddle layout)")
+    features_parser.add_argument("--format", choices=("npz", "safetensors", "hdf5", "text"),
+                                 help="file format (default: from the extension of --out)")
+    features_parser.add_argument("--pool", choices=POOLS,
+                                 help="reduce spatial maps to one value per channel")
+    features_parser.add_argument("--ten-crop", action="store_true",
+                                 help="average the feature maps of the ten crops")
+    add_batch_options(features_parser)
+    features_parser.set_defaults(handler=run_features)
+
+    layers_parser = commands.add_parser(
+        "layers", help="list a model's layers with their output shapes",
+        description="List layer names, types and output shapes for one 224x224 image.")
+    layers_parser.add_argument("model", nargs="?", default=None, metavar="MODEL",
+                               help=f"a model name, folder or weight file (default {DEFAULT_MODEL})")
+    layers_parser.add_argument("--weights", metavar="FILE")
+    layers_parser.add_argument("--size", type=positive_int, default=224, help="input side (224)")
+    layers_parser.add_argument("--json", action="store_true", help="one JSON object per layer")
+    layers_parser.set_defaults(handler=run_layers, pretrained=None, verify=False)
 
     convert_parser = commands.add_parser(
         "convert", help="import a weight file and write an imagezoo model folder",
@@ -135,6 +169,43 @@ def model_from_args(args: argparse.Namespace):
                       pretrained=args.pretrained, verify=args.verify)
 
 
+def run_features(args: argparse.Namespace) -> int:
+    model = model_from_args(args)
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    resolve_layers(model, layers)  # an unknown name fails before any image is read
+    sources = expand_sources(args.inputs)
+    if not sources:
+        raise ImagezooError("no images found in " + ", ".join(args.inputs))
+    failed = 0
+    with open_writer(args.out, args.format) as writer:
+        for batch in iter_features(model, sources, layers, pool=args.pool, ten_crop=args.ten_crop,
+                                   batch_size=args.batch_size, workers=args.workers,
+                                   device=args.device, progress=args.progress):
+            writer.add(batch.inputs, batch.features)
+            for source, error in batch.failures:
+                print(f"imagezoo: {error}", file=sys.stderr)
+                writer.fail(source, error)
+                failed += 1
+    print(f"imagezoo: wrote features of {writer.count} image(s) to {args.out}"
+          + (f"; {failed} failed" if failed else ""), file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    model = model_from_args(args)
+    layers = list_layers(model, args.size)
+    if args.json:
+        for layer in layers:
+            print(json.dumps(layer.to_dict()))
+        return EXIT_OK
+    width = max(len(layer.name) for layer in layers)
+    print(f"{'name':<{width}}  {'type':<18} {'output shape':<18} also")
+    for layer in layers:
+        shape = "x".join(map(str, layer.output_shape[1:])) if layer.output_shape else "-"
+        print(f"{layer.name:<{width}}  {layer.type:<18} {shape:<18} {' '.join(layer.aliases)}")
+    return EXIT_OK
+
+
 def run_convert(args: argparse.Namespace) -> int:
     folder = convert(args.source, args.out)
     print(f"wrote {folder / 'weights.safetensors'} and {folder / 'card.json'}")
@@ -184,3 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imagezoo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (head, less) has gone; stop quietly like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
