@@ -19,6 +19,7 @@ from .tasks.classify import Prediction, classify
 from .data.sources import expand_sources
 from .models.layers import list_layers, resolve_layers
 from .tasks.convert import convert, inspect_weights
+from .tasks.evaluate import evaluate, format_report
 from .tasks.feature_files import open_writer
 from .tasks.features import POOLS, iter_features
 
@@ -77,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     layers_parser.add_argument("--size", type=positive_int, default=224, help="input side (224)")
     layers_parser.add_argument("--json", action="store_true", help="one JSON object per layer")
     layers_parser.set_defaults(handler=run_layers, pretrained=None, verify=False)
+
+    evaluate_parser = commands.add_parser(
+        "evaluate", help="top-1/top-k accuracy on a labelled set",
+        description="Accuracy on a mapping file (path<TAB>label index, paths relative to the "
+                    "file) or a folder with one subfolder per class.")
+    evaluate_parser.add_argument("dataset", metavar="DATASET")
+    add_model_options(evaluate_parser)
+    evaluate_parser.add_argument("--classes", metavar="FILE",
+                                 help="class names, one per line in the model's class order "
+                                      "(maps folder names to the model's classes)")
+    evaluate_parser.add_argument("--top", type=positive_int, default=5, metavar="K")
+    evaluate_parser.add_argument("--ten-crop", action="store_true")
+    evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_batch_options(evaluate_parser)
+    evaluate_parser.set_defaults(handler=run_evaluate)
 
     convert_parser = commands.add_parser(
         "convert", help="import a weight file and write an imagezoo model folder",
@@ -189,6 +205,17 @@ def run_features(args: argparse.Namespace) -> int:
     print(f"imagezoo: wrote features of {writer.count} image(s) to {args.out}"
           + (f"; {failed} failed" if failed else ""), file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    model = model_from_args(args)
+    result = evaluate(model, args.dataset, top=args.top, ten_crop=args.ten_crop,
+                      batch_size=args.batch_size, workers=args.workers, device=args.device,
+                      progress=args.progress, classes_file=args.classes)
+    for source, error in result.failed:
+        print(f"imagezoo: {error}", file=sys.stderr)
+    print(json.dumps(result.to_dict()) if args.json else format_report(result))
+    return EXIT_SOME_FAILED if result.failed else EXIT_OK
 
 
 def run_layers(args: argparse.Namespace) -> int:
