@@ -21,12 +21,13 @@ from .tasks.convert import convert, inspect_weights  # noqa: E402
 from .tasks.features import extract_features, iter_features  # noqa: E402
 from .models.layers import UnknownLayerError, list_layers  # noqa: E402
 from .tasks.evaluate import Evaluation, evaluate  # noqa: E402
+from .tasks.finetune import FinetuneResult, finetune  # noqa: E402
 from .weights.store import ChecksumError, DownloadError  # noqa: E402
 from .tasks.classify import Prediction, Ranked, classify, preprocess  # noqa: E402
 
 __all__ = [
     "ChecksumError", "DownloadError", "convert", "inspect_weights", "save_model",
-    "Evaluation", "UnknownLayerError", "evaluate", "extract_features", "iter_features", "list_layers",
+    "Evaluation", "FinetuneResult", "finetune", "UnknownLayerError", "evaluate", "extract_features", "iter_features", "list_layers",
     "DatasetError", "ImageDecodeError", "ImagezooError", "ModelCard", "Prediction", "Preprocess",
     "Ranked", "UnknownModelError", "WeightsError", "WeightsMismatchError",
     "WeightsNotAvailableError", "classify", "load_model", "preprocess",

@@ -20,6 +20,7 @@ from .data.sources import expand_sources
 from .models.layers import list_layers, resolve_layers
 from .tasks.convert import convert, inspect_weights
 from .tasks.evaluate import evaluate, format_report
+from .tasks.finetune import finetune
 from .tasks.feature_files import open_writer
 from .tasks.features import POOLS, iter_features
 
@@ -93,6 +94,38 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_batch_options(evaluate_parser)
     evaluate_parser.set_defaults(handler=run_evaluate)
+
+    finetune_parser = commands.add_parser(
+        "finetune", help="train a new classifier head on a small labelled set",
+        description="Transfer learning: the base model's backbone (frozen by default) and a new "
+                    "linear head for the classes of TRAIN; writes a model folder to --out.")
+    finetune_parser.add_argument("--train", required=True, metavar="TRAIN",
+                                 help="mapping file (path<TAB>label) or folder of class folders")
+    finetune_parser.add_argument("--test", metavar="TEST", help="held-out set, evaluated at the end")
+    finetune_parser.add_argument("--classes", metavar="FILE", help="names of the mapping file's classes")
+    add_model_options(finetune_parser)
+    finetune_parser.add_argument("--epochs", type=positive_int, default=20)
+    finetune_parser.add_argument("--lr", type=float, default=0.01)
+    finetune_parser.add_argument("--momentum", type=float, default=0.9)
+    finetune_parser.add_argument("--weight-decay", type=float, default=0.0)
+    finetune_parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    finetune_parser.add_argument("--batch-size", type=positive_int, default=32,
+                                 help="global batch size, whatever the number of processes")
+    finetune_parser.add_argument("--freeze", choices=("backbone", "none"), default="backbone")
+    finetune_parser.add_argument("--augment", action="store_true",
+                                 help="random resized crops and flips (features are then "
+                                      "recomputed every epoch)")
+    finetune_parser.add_argument("--seed", type=int, default=0)
+    finetune_parser.add_argument("--out", required=True, metavar="DIR")
+    finetune_parser.add_argument("--resume", action="store_true",
+                                 help="continue from DIR's last checkpoint")
+    finetune_parser.add_argument("--json", action="store_true",
+                                 help="also print the per-epoch figures as JSON Lines on stdout")
+    finetune_parser.add_argument("--no-feature-cache", action="store_true",
+                                 help="run the whole network every epoch even when frozen")
+    finetune_parser.add_argument("--workers", type=non_negative_int, default=None, metavar="N")
+    finetune_parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    finetune_parser.set_defaults(handler=run_finetune)
 
     convert_parser = commands.add_parser(
         "convert", help="import a weight file and write an imagezoo model folder",
@@ -216,6 +249,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"imagezoo: {error}", file=sys.stderr)
     print(json.dumps(result.to_dict()) if args.json else format_report(result))
     return EXIT_SOME_FAILED if result.failed else EXIT_OK
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    if args.model is None and args.weights is not None:
+        base, weights = args.weights, None
+    else:
+        base, weights = args.model or DEFAULT_MODEL, args.weights
+    if args.pretrained:
+        base = load_model(base, pretrained=args.pretrained, verify=args.verify)
+    result = finetune(args.train, args.out, model=base, weights=weights, test=args.test,
+                      classes_file=args.classes, epochs=args.epochs, lr=args.lr,
+                      momentum=args.momentum, optimizer=args.optimizer,
+                      weight_decay=args.weight_decay, batch_size=args.batch_size,
+                      freeze=args.freeze, augment=args.augment, seed=args.seed, resume=args.resume,
+                      cache_features=not args.no_feature_cache, workers=args.workers,
+                      device=args.device, log_stream=sys.stderr,
+                      json_stream=sys.stdout if args.json else None)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"imagezoo: wrote {result.out}", file=sys.stderr)
+    return EXIT_OK
 
 
 def run_layers(args: argparse.Namespace) -> int:

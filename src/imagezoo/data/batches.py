@@ -44,6 +44,9 @@ class ImageDataset(Dataset):
             image = load_image(self.sources[index], draft_size=self.draft_size)
         except ImageDecodeError as error:
             return index, None, str(error)
+        if getattr(self.transform, "takes_index", False):
+            # Augmenting transforms draw their randomness from the image's index.
+            return index, self.transform(image, self.spec, index), None
         return index, self.transform(image, self.spec), None
 
 
