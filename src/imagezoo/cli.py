@@ -127,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     finetune_parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     finetune_parser.set_defaults(handler=run_finetune)
 
+    export_parser = commands.add_parser(
+        "export", help="export a model to ONNX (checked in ONNX Runtime) or TorchScript",
+        description="The exported graph takes raw RGB pixels (float32 NCHW, 0-255, at the card's "
+                    "crop size) with the normalisation inside, a dynamic batch, and gives logits.")
+    export_parser.add_argument("model", metavar="MODEL", help="a model name, folder or weight file")
+    export_parser.add_argument("--weights", metavar="FILE")
+    export_parser.add_argument("--onnx", metavar="FILE")
+    export_parser.add_argument("--opset", type=positive_int, default=None,
+                               help="ONNX opset (default: PyTorch's own, 20)")
+    export_parser.add_argument("--torchscript", metavar="FILE")
+    export_parser.set_defaults(handler=run_export, pretrained=None, verify=False)
+
     convert_parser = commands.add_parser(
         "convert", help="import a weight file and write an imagezoo model folder",
         description="Import a .mat, Paddle v1 folder, .pth or .safetensors file and write "
@@ -268,6 +280,20 @@ def run_finetune(args: argparse.Namespace) -> int:
                       json_stream=sys.stdout if args.json else None)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"imagezoo: wrote {result.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if not args.onnx and not args.torchscript:
+        raise ImagezooError("say what to write: --onnx FILE and/or --torchscript FILE")
+    model = model_from_args(args)
+    from .export import export_onnx, export_torchscript
+    if args.onnx:
+        path = export_onnx(model, args.onnx, opset=args.opset)
+        print(f"imagezoo: wrote {path} (checked in ONNX Runtime against PyTorch)", file=sys.stderr)
+    if args.torchscript:
+        path = export_torchscript(model, args.torchscript)
+        print(f"imagezoo: wrote {path} (checked against PyTorch)", file=sys.stderr)
     return EXIT_OK
 
 

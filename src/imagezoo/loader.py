@@ -28,7 +28,8 @@ def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | Non
 
     * a weight file or folder in any format imagezoo reads (a model folder, a MatConvNet
       ``.mat``, a PaddlePaddle v1 folder, a torchvision/timm ``.pth`` or ``.safetensors``):
-      the architecture and preprocessing come from the file; or
+      the architecture and preprocessing come from the file; an ``.onnx`` file exported by
+      imagezoo gives an ``OnnxModel`` that runs in ONNX Runtime; or
     * a registry name (``resnet50``, ``efficientnet_lite0``, ...), with ``weights``:
 
       - ``None``: the model's bundled weights (only ``efficientnet_lite0`` has them; for the
@@ -45,6 +46,9 @@ def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | Non
     if Path(text).exists():
         if weights is not None or pretrained is not None:
             raise WeightsError(f"{text} holds its own weights; do not pass weights as well")
+        from .export import OnnxModel, is_onnx_file
+        if is_onnx_file(text):
+            return OnnxModel(text)  # runs in ONNX Runtime, preprocessing from its metadata
         tensors, card = read_weights(text)
         return _assemble(tensors, card, text)
     card = default_card(text)

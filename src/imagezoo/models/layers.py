@@ -102,6 +102,9 @@ def _caffe_block_names(index: int) -> list[str]:
 def resolve_layers(model: nn.Module, names: list[str]) -> list[LayerRef]:
     """Requested names -> LayerRefs, or ``UnknownLayerError`` suggesting close valid names."""
     modules = named_layers(model)
+    if not modules:
+        raise UnknownLayerError(f"{type(model).__name__} exposes no layers (an ONNX model gives "
+                                f"only its logits); use the PyTorch model for features")
     aliases = layer_aliases(model)
     refs = []
     for name in names:
