@@ -1,6 +1,6 @@
 # make run   - set up .venv, classify the bundled cat photo with the default model
 # make test  - set up .venv, run the whole test suite
-# make bench - set up .venv, run the benchmarks and rewrite benchmarks/RESULTS.md
+# make bench - set up .venv, run the benchmarks and rewrite benchmarks/RESULTS*.md
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_classify.py
+	$(BIN)/python benchmarks/bench_finetune.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

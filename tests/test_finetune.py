@@ -200,5 +200,10 @@ def test_two_processes_match_one(small_set, tiny_model, tmp_path):
     assert done.stderr.count("Finished") == 0 and done.stderr.count("3/3") == 1  # rank 0 prints
     assert main(["finetune", *settings, "--out", str(tmp_path / "one")]) == 0
     two, one = head_weights(tmp_path / "two"), head_weights(tmp_path / "one")
+    history = {name: [json.loads(line) for line in (tmp_path / name / "history.jsonl").read_text().splitlines()]
+               for name in ("one", "two")}
+    assert [h["examples"] for h in history["two"]] == [12, 24, 36]
+    for a, b in zip(history["one"], history["two"]):
+        assert a["metric"] == b["metric"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)

@@ -170,7 +170,7 @@ class Trainer:
             self.progress.epoch(records[-1])
         model.eval()
         result = FinetuneResult(model, self.out, records)
-        if test_set is not None:
+        if test_set is not None and self.dist.is_main:  # one process evaluates the whole set
             result.test_error, result.test_count = self._test_error(model, test_set)
             self.progress.evaluation("test", result.test_error, result.test_count)
         if self.dist.is_main:
@@ -306,13 +306,18 @@ class Trainer:
 
     def _epoch_on_features(self, wrapped, optimizer, features, labels, epoch: int):
         wrapped.train()
-        loss_sum, errors = 0.0, 0
+        loss_sum, errors, count = 0.0, 0, 0
         for global_batch in self._global_batches(len(labels), epoch):
             local = global_batch[self.dist.rank::self.dist.world_size].to(self.dist.device)
             batch_loss, batch_errors = self._step(wrapped, optimizer, lambda: wrapped(features[local]),
                                                   labels[local], len(global_batch))
-            loss_sum, errors = loss_sum + batch_loss, errors + batch_errors
-        return self.dist.sum(loss_sum, errors, len(labels))
+            loss_sum, errors, count = loss_sum + batch_loss, errors + batch_errors, count + len(local)
+        return self._totals(loss_sum, errors, count)
+
+    def _totals(self, loss_sum: float, errors: int, count: int) -> tuple[float, int, int]:
+        """This process's figures summed over all processes (each saw its own share)."""
+        loss_sum, errors, count = self.dist.sum(loss_sum, errors, count)
+        return loss_sum, int(round(errors)), int(round(count))
 
     def _epoch_on_images(self, model, wrapped, optimizer, kept: list[int], labelled: LabelledSet,
                          epoch: int):
@@ -339,8 +344,8 @@ class Trainer:
             else:
                 logits_of = lambda: wrapped(images)  # noqa: E731 - the whole network
             batch_loss, batch_errors = self._step(wrapped, optimizer, logits_of, targets, len(global_batch))
-            loss_sum, errors = loss_sum + batch_loss, errors + batch_errors
-        return self.dist.sum(loss_sum, errors, len(kept))
+            loss_sum, errors, count = loss_sum + batch_loss, errors + batch_errors, count + len(targets)
+        return self._totals(loss_sum, errors, count)
 
     # -- evaluation and files -------------------------------------------------------------
     def _test_error(self, model: nn.Module, labelled: LabelledSet) -> tuple[float, int]:
