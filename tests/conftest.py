@@ -1,6 +1,7 @@
 """Shared test fixtures: the reference files in ../shared/fixtures and generated images."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,15 @@ def shared_fixture(*parts: str) -> Path:
         pytest.skip(f"reference fixture {path} is absent (../shared/fixtures is not beside the "
                     f"project)")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_engine_defaults(tmp_path_factory):
+    """The suite never writes to ~/.cache, and the CLI runs eager PyTorch unless a test asks
+    for a backend: timing every backend for every little test model would cost minutes."""
+    os.environ["IMAGEZOO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["IMAGEZOO_BACKEND"] = "torch"
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,9 @@ from .models.layers import list_layers, resolve_layers
 from .tasks.convert import convert, inspect_weights
 from .tasks.evaluate import evaluate, format_report
 from .tasks.finetune import finetune
+from .engine import PRECISIONS, optimize
+from .engine.backends import BACKENDS
+from .export import OnnxModel
 from .tasks.feature_files import open_writer
 from .tasks.features import POOLS, iter_features
 
@@ -48,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify_parser.add_argument("--ten-crop", action="store_true",
                                  help="average the probabilities of ten crops (corners, centre, "
                                       "and their mirrors)")
+    add_engine_options(classify_parser)
     add_batch_options(classify_parser)
     classify_parser.set_defaults(handler=run_classify)
 
@@ -67,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="reduce spatial maps to one value per channel")
     features_parser.add_argument("--ten-crop", action="store_true",
                                  help="average the feature maps of the ten crops")
+    add_engine_options(features_parser)
     add_batch_options(features_parser)
     features_parser.set_defaults(handler=run_features)
 
@@ -92,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--top", type=positive_int, default=5, metavar="K")
     evaluate_parser.add_argument("--ten-crop", action="store_true")
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_engine_options(evaluate_parser)
     add_batch_options(evaluate_parser)
     evaluate_parser.set_defaults(handler=run_evaluate)
 
@@ -153,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_parser.add_argument("--json", action="store_true", help="print one JSON object")
     inspect_parser.set_defaults(handler=run_inspect)
 
+    engines_parser = commands.add_parser(
+        "engines", help="time every inference backend for a model on this machine",
+        description="The tuning table behind --backend auto: img/s of each backend for this "
+                    "model, batch size and precision (measured once, then read from the cache).")
+    engines_parser.add_argument("model", nargs="?", default=None, metavar="MODEL")
+    engines_parser.add_argument("--weights", metavar="FILE")
+    engines_parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N")
+    engines_parser.add_argument("--precision", choices=PRECISIONS, default="exact")
+    engines_parser.add_argument("--retune", action="store_true", help="measure again")
+    engines_parser.add_argument("--json", action="store_true")
+    engines_parser.set_defaults(handler=run_engines, pretrained=None, verify=False)
+
     models_parser = commands.add_parser("models", help="list the model names imagezoo knows")
     models_parser.set_defaults(handler=run_models)
     return parser
@@ -170,6 +188,16 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                              f"downloaded and checked: {', '.join(PUBLISHERS)}")
     parser.add_argument("--verify", action="store_true",
                         help="with --pretrained, check the SHA-256 of a file already in the cache")
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default="exact",
+                        help="exact: float32, logits within 1e-4 of PyTorch; fast: bf16/int8 "
+                             "where the top-1 is unchanged on sample images (default exact)")
+    parser.add_argument("--backend", choices=("auto",) + BACKENDS,
+                        default=os.environ.get("IMAGEZOO_BACKEND", "auto"),
+                        help="auto (default; $IMAGEZOO_BACKEND overrides) times each backend "
+                             "once for this model and batch size and caches the winner")
 
 
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
@@ -195,11 +223,20 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def engine_from_args(args: argparse.Namespace, model, count: int):
+    """The model behind --precision / --backend (an ONNX file already runs in ONNX Runtime)."""
+    if isinstance(model, OnnxModel) or count == 0:
+        return model
+    return optimize(model, precision=args.precision, backend=args.backend,
+                    batch_size=max(1, min(args.batch_size, count)))
+
+
 def run_classify(args: argparse.Namespace) -> int:
-    model = model_from_args(args)
-    results = classify(model, args.inputs, top=args.top, batch_size=args.batch_size,
+    sources = expand_sources(args.inputs)
+    model = engine_from_args(args, model_from_args(args), len(sources))
+    results = classify(model, sources, top=args.top, batch_size=args.batch_size,
                        workers=args.workers, device=args.device, progress=args.progress,
-                       ten_crop=args.ten_crop)
+                       ten_crop=args.ten_crop, draft=args.precision == "fast")
     if not results:
         raise ImagezooError("no images found in " + ", ".join(args.inputs))
     for result in results:
@@ -232,6 +269,10 @@ def model_from_args(args: argparse.Namespace):
 
 def run_features(args: argparse.Namespace) -> int:
     model = model_from_args(args)
+    if args.backend not in ("auto", "torch") or args.precision != "exact":
+        # Hooks need the PyTorch graph: a compiled engine no longer has the named layers.
+        print("imagezoo: features run on the torch backend in float32 (layers need the "
+              "PyTorch graph)", file=sys.stderr)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     resolve_layers(model, layers)  # an unknown name fails before any image is read
     sources = expand_sources(args.inputs)
@@ -253,7 +294,7 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    model = model_from_args(args)
+    model = engine_from_args(args, model_from_args(args), args.batch_size)
     result = evaluate(model, args.dataset, top=args.top, ten_crop=args.ten_crop,
                       batch_size=args.batch_size, workers=args.workers, device=args.device,
                       progress=args.progress, classes_file=args.classes)
@@ -339,6 +380,28 @@ def run_inspect(args: argparse.Namespace) -> int:
     ]
     for key, value in rows:
         print(f"{key:<13} {value}")
+    return EXIT_OK
+
+
+def run_engines(args: argparse.Namespace) -> int:
+    model = model_from_args(args)
+    engine = optimize(model, precision=args.precision, backend="auto",
+                      batch_size=args.batch_size, retune=args.retune)
+    from .engine import engine_cache
+    table = json.loads((engine_cache(model) / "tuning.json").read_text())[
+        f"{args.precision}/batch{args.batch_size}"]
+    if args.json:
+        print(json.dumps({"chosen": engine.backend, "precision": engine.precision, "table": table}))
+        return EXIT_OK
+    fastest = max((row["images_per_second"] or 0) for row in table) or 1.0
+    eager = next((row["images_per_second"] for row in table if row["backend"] == "torch"), None)
+    print(f"{'backend':<13} {'img/s':>8} {'vs torch':>9}  note")
+    for row in table:
+        rate = row["images_per_second"]
+        ratio = f"{rate / eager:.2f}x" if rate and eager else "-"
+        mark = "  <- chosen" if row["backend"] == engine.backend else ""
+        print(f"{row['backend']:<13} {rate or 0:>8.1f} {ratio:>9}  {row['problem'] or ''}{mark}")
+    print(f"batch {args.batch_size}, precision {engine.precision}; cached in {engine_cache(model)}")
     return EXIT_OK
 
 

@@ -70,10 +70,16 @@ def show_progress(requested: bool) -> bool:
     return requested or sys.stderr.isatty()
 
 
-def image_dataset(sources: list[str], card: ModelCard, ten_crop: bool = False) -> ImageDataset:
-    """Images decoded and preprocessed per the card: one crop (3xHxW) or ten (10x3xHxW)."""
+def image_dataset(sources: list[str], card: ModelCard, ten_crop: bool = False,
+                  draft: bool = False) -> ImageDataset:
+    """Images decoded and preprocessed per the card: one crop (3xHxW) or ten (10x3xHxW).
+
+    ``draft`` lets libjpeg decode big JPEGs at a reduced scale that still covers the card's
+    resize (much faster; about one grey level from a full decode), for ``--precision fast``."""
+    draft_size = (card.preprocess.resize or card.preprocess.crop) if draft else None
     return ImageDataset(sources, card.preprocess,
-                        transform=preprocess_ten_crop if ten_crop else preprocess_image)
+                        transform=preprocess_ten_crop if ten_crop else preprocess_image,
+                        draft_size=draft_size)
 
 
 def class_probabilities(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -88,7 +94,7 @@ def class_probabilities(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.PathLike], top: int = 5,
              batch_size: int = 32, workers: int | None = None, device: str = "auto",
-             progress: bool = False, ten_crop: bool = False) -> list[Prediction]:
+             progress: bool = False, ten_crop: bool = False, draft: bool = False) -> list[Prediction]:
     """Classify every image named by ``inputs`` (files, folders, list files, URLs).
 
     Returns one ``Prediction`` per image in input order; an image that cannot be read gets
@@ -104,7 +110,7 @@ def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.Pat
     model = model.to(target).eval()
     results: list[Prediction | None] = [None] * len(sources)
     k = max(1, min(top, card.num_classes))
-    dataset = image_dataset(sources, card, ten_crop)
+    dataset = image_dataset(sources, card, ten_crop, draft)
     bar = tqdm(total=len(sources), unit="img", file=sys.stderr, disable=not show_progress(progress))
     with torch.inference_mode(), bar:
         for batch in image_batches(dataset, batch_size=batch_size, workers=workers):

@@ -1,0 +1,265 @@
+"""``optimize``: the fastest faithful way to run a model on this machine.
+
+    engine = imagezoo.optimize(model)                      # exact float32, fastest backend
+    engine = imagezoo.optimize(model, precision="fast")    # bf16 / int8 where they agree
+    logits = engine(x)                                     # x: preprocessed NCHW float32
+
+``precision="exact"``: float32 only; every candidate's logits are checked against the eager
+model on sample images (rtol 1e-4, atol 1e-4) and a candidate that misses is dropped.
+``precision="fast"``: bfloat16 and int8 are allowed, guarded: on the calibration images the
+fast engine must give the exact engine's top-1 everywhere and move the top-1 probability by at
+most 0.05, else imagezoo warns and falls back to the exact engine.
+
+``backend="auto"`` times each available backend for this model, batch size and precision
+(a few seconds, once) and caches the winner with the figures in the cache folder, keyed by the
+model's SHA-256, the CPU and the library versions; files built ahead of time (ONNX, int8 ONNX,
+OpenVINO's compiled blobs, the frozen TorchScript graph) are cached there too.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ImagezooError
+from ..fileio import atomic_write_text
+from ..weights.store import resolve_cache_dir
+from .backends import BACKENDS, BackendUnavailable, build
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("exact", "fast")
+EXACT_TOLERANCE = 1e-4
+FAST_PROBABILITY_SHIFT = 0.05
+
+
+class Engine(nn.Module):
+    """A compiled model: ``engine(x)`` -> logits (a torch tensor), with ``.backend``,
+    ``.precision``, ``.card`` and ``.figures`` (img/s of each backend timed, when tuned)."""
+
+    def __init__(self, run, backend: str, precision: str, card, figures: dict | None = None,
+                 note: str | None = None):
+        super().__init__()
+        self._run = run
+        self.backend = backend
+        self.precision = precision
+        self.card = card
+        self.figures = figures or {}
+        self.note = note
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x)
+
+    def to(self, *args, **kwargs) -> "Engine":  # runs where it was built
+        return self
+
+    def __repr__(self) -> str:
+        return f"Engine(backend={self.backend!r}, precision={self.precision!r})"
+
+
+@dataclass
+class Candidate:
+    backend: str
+    precision: str           # the precision this candidate actually runs at
+    images_per_second: float | None = None
+    problem: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def optimize(model: nn.Module, precision: str = "exact", backend: str = "auto",
+             batch_size: int | None = None, calibration: torch.Tensor | None = None,
+             cache_dir: str | os.PathLike | None = None, retune: bool = False) -> Engine:
+    """Build the engine for ``model`` (see the module docstring)."""
+    if isinstance(model, Engine):
+        return model
+    if precision not in PRECISIONS:
+        raise ImagezooError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ImagezooError(f"backend must be auto or one of {', '.join(BACKENDS)}, not {backend!r}")
+    model = model.eval()
+    batch_size = batch_size or 32
+    cache = engine_cache(model, cache_dir)
+    samples = calibration if calibration is not None else sample_inputs(model)
+    with torch.inference_mode():
+        reference = model(samples)
+    if backend == "auto":
+        table = tuning_table(model, precision, batch_size, cache, samples, reference, retune)
+        winner = min((c for c in table if c.images_per_second),
+                     key=lambda c: 1.0 / c.images_per_second, default=None)
+        chosen = winner.backend if winner else "torch"
+        figures = {c.backend: c.images_per_second for c in table}
+    else:
+        chosen, figures = backend, {}
+    return _checked_engine(model, chosen, precision, batch_size, cache, samples, reference, figures)
+
+
+def _checked_engine(model, backend, precision, batch_size, cache, samples, reference, figures) -> Engine:
+    card = model.card
+    if precision == "fast":
+        try:
+            run = build(backend, model, "fast", batch_size, cache, samples)
+            problem = fast_problem(run(samples), reference)
+        except BackendUnavailable as error:
+            run, problem = None, str(error)
+        if problem is None:
+            return Engine(run, backend, "fast", card, figures)
+        warnings.warn(f"imagezoo: the fast {backend} engine was not used ({problem}); "
+                      f"falling back to exact float32", stacklevel=3)
+    try:
+        run = build(backend, model, "exact", batch_size, cache, samples)
+        problem = exact_problem(run(samples), reference)
+    except BackendUnavailable as error:
+        run, problem = None, str(error)
+    if problem is not None:
+        log.warning("%s backend not used (%s); running eager PyTorch", backend, problem)
+        return Engine(build("torch", model, "exact", batch_size, cache, samples), "torch", "exact",
+                      card, figures, note=problem)
+    return Engine(run, backend, "exact", card, figures)
+
+
+def exact_problem(logits: torch.Tensor, reference: torch.Tensor) -> str | None:
+    if torch.allclose(logits.float(), reference, rtol=EXACT_TOLERANCE, atol=EXACT_TOLERANCE):
+        return None
+    worst = float((logits.float() - reference).abs().max())
+    return f"logits differ from eager PyTorch by up to {worst:.2e}"
+
+
+def fast_problem(logits: torch.Tensor, reference: torch.Tensor) -> str | None:
+    """None when the fast logits keep every top-1 and its probability within 0.05.
+
+    One refinement: where the exact top-1 leads the runner-up by less than the allowed shift
+    (0.05), the two classes are a tie at that tolerance (the cat photo is 'tiger cat' 37.9%
+    against 'Egyptian cat' 37.5%), so a swap between them is not counted as a changed top-1;
+    the top-1 probability must still move by at most 0.05.
+    """
+    fast, exact = torch.softmax(logits.float(), 1), torch.softmax(reference, 1)
+    top = exact.argmax(1)
+    best_two = exact.topk(2, dim=1).values
+    decided = (best_two[:, 0] - best_two[:, 1]) >= FAST_PROBABILITY_SHIFT
+    changed = (fast.argmax(1) != top) & decided
+    if changed.any():
+        return f"top-1 changed on {int(changed.sum())} of {len(top)} calibration images"
+    shift = float((fast.gather(1, top[:, None]) - exact.gather(1, top[:, None])).abs().max())
+    if shift > FAST_PROBABILITY_SHIFT:
+        return f"top-1 probability moved by {shift:.3f} (> {FAST_PROBABILITY_SHIFT})"
+    return None
+
+
+def tuning_table(model, precision, batch_size, cache, samples, reference, retune=False) -> list[Candidate]:
+    """Each backend timed at this batch size (cached in ``tuning.json`` beside the engines)."""
+    record_path = cache / "tuning.json"
+    key = f"{precision}/batch{batch_size}"
+    records = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if key in records and not retune:
+        return [Candidate(**c) for c in records[key]]
+    table = []
+    example = torch.randn(batch_size, *samples.shape[1:], generator=torch.Generator().manual_seed(0))
+    for backend in BACKENDS:
+        if precision == "fast" and backend == "torch":
+            continue
+        candidate = Candidate(backend, precision)
+        try:
+            run = build(backend, model, precision, batch_size, cache, samples)
+            check = run(samples)
+            candidate.problem = (fast_problem if precision == "fast" else exact_problem)(check, reference)
+            if candidate.problem is None:
+                candidate.images_per_second = images_per_second(run, example)
+        except BackendUnavailable as error:
+            candidate.problem = str(error)
+        except Exception as error:  # a backend that breaks on this model is skipped, not fatal
+            candidate.problem = f"{type(error).__name__}: {error}"[:300]
+        log.info("engine %s/%s: %s", backend, precision,
+                 candidate.problem or f"{candidate.images_per_second:.1f} img/s")
+        table.append(candidate)
+    records[key] = [c.__dict__ for c in table]
+    cache.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record_path, json.dumps(records, indent=2))
+    return table
+
+
+def images_per_second(run, example: torch.Tensor, budget_seconds: float = 1.5) -> float:
+    """Best rate over a few timed calls after one warm-up (the fastest call is the one least
+    disturbed by anything else the machine is doing)."""
+    run(example)
+    best, spent, calls = float("inf"), 0.0, 0
+    while calls < 2 or (spent < budget_seconds and calls < 20):
+        started = time.perf_counter()
+        run(example)
+        elapsed = time.perf_counter() - started
+        best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
+    return example.shape[0] / best
+
+
+SAMPLE_PHOTOS = ("cat.png", "coffee.jpg", "astronaut.jpg", "rocket.jpg")
+
+
+def sample_inputs(model: nn.Module) -> torch.Tensor:
+    """Calibration inputs from the card's sample photos (resources/, see its README): each
+    photo's centre crop and its mirror image, preprocessed for ``model``. Real photos have the
+    statistics int8 calibration needs, which random noise would not."""
+    from importlib import resources
+    from ..data.images import load_image
+    from ..data.transforms import preprocess_image
+    spec = model.card.preprocess
+    inputs = []
+    for name in SAMPLE_PHOTOS:
+        with resources.as_file(resources.files("imagezoo.resources").joinpath(name)) as path:
+            image = load_image(path)
+        for picture in (image, image.transpose(0)):  # 0: FLIP_LEFT_RIGHT
+            inputs.append(preprocess_image(picture, spec))
+    return torch.stack(inputs)
+
+
+def engine_cache(model: nn.Module, cache_dir=None) -> Path:
+    """``<cache>/engines/<model digest>/<machine and versions digest>``."""
+    digest = model_digest(model)
+    machine = hashlib.sha256(json.dumps(machine_facts(), sort_keys=True).encode()).hexdigest()[:16]
+    return resolve_cache_dir(cache_dir) / "engines" / digest[:24] / machine
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 over the architecture, the preprocessing and every tensor's bytes."""
+    digest = hashlib.sha256()
+    card = getattr(model, "card", None)
+    if card is not None:
+        digest.update(json.dumps(card.architecture, sort_keys=True).encode())
+        preprocess = card.preprocess.to_dict()
+        preprocess["mean_image"] = None
+        digest.update(json.dumps(preprocess, sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def machine_facts() -> dict:
+    facts = {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+             "torch": torch.__version__, "python": platform.python_version()}
+    for package in ("onnxruntime", "openvino"):
+        try:
+            facts[package] = __import__(package).__version__
+        except ImportError:
+            facts[package] = None
+    return facts
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "Engine", "optimize", "tuning_table"]

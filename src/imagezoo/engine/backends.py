@@ -1,0 +1,196 @@
+"""The inference backends: each turns an eval-mode model into a function NCHW float32 -> logits.
+
+* ``torch``: the model as it is, eager (the reference).
+* ``torch-fast``: batch norm folded into the convolutions, channels-last memory layout (what
+  oneDNN's convolutions prefer), traced and frozen so oneDNN fuses each convolution with its
+  ReLU; with ``fast`` precision the folded model runs eagerly under bfloat16 autocast
+  (AVX512-BF16 / AMX). ``torch.compile`` was left out: on two cores its compile time (tens of
+  seconds per batch size) does not pay off for a command-line run.
+* ``onnxruntime``: the model exported to ONNX (cached on disk), run with all graph
+  optimisations; ``fast`` precision uses a statically quantised int8 copy (QDQ, per-channel
+  weights) calibrated on sample images.
+* ``openvino``: the same ONNX file compiled by OpenVINO for the CPU; ``fast`` precision asks for
+  bfloat16 inference.
+
+A backend whose Python package is missing raises ``BackendUnavailable`` with the package to
+install; ``optimize`` skips it with that message.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ImagezooError
+from .fold import fold_batch_norm
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+BACKENDS = ("torch", "torch-fast", "onnxruntime", "openvino")
+
+
+class BackendUnavailable(ImagezooError):
+    """A backend that cannot run here (its package is missing or it cannot build the model)."""
+
+
+def build(backend: str, model: nn.Module, precision: str, batch_size: int, cache: Path,
+          calibration: torch.Tensor) -> Runner:
+    if backend == "torch":
+        return _torch(model, precision)
+    if backend == "torch-fast":
+        return _torch_fast(model, precision, batch_size, cache)
+    if backend == "onnxruntime":
+        return _onnxruntime(model, precision, cache, calibration)
+    if backend == "openvino":
+        return _openvino(model, precision, cache)
+    raise ImagezooError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _torch(model: nn.Module, precision: str) -> Runner:
+    if precision == "fast":
+        raise BackendUnavailable("the torch backend is the float32 reference; fast precision "
+                                 "runs on torch-fast, onnxruntime or openvino")
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+    return run
+
+
+def _torch_fast(model: nn.Module, precision: str, batch_size: int, cache: Path) -> Runner:
+    folded = fold_batch_norm(model).to(memory_format=torch.channels_last)
+    if precision == "fast":
+        # bfloat16 autocast runs oneDNN's bf16 kernels (AVX512-BF16 / AMX); measured faster
+        # eager than traced, whose frozen graph keeps float32 weights around each op.
+        def run_bf16(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), _bf16(True):
+                return folded(x.contiguous(memory_format=torch.channels_last)).float()
+        return run_bf16
+    example = torch.zeros(batch_size, 3, *_input_size(model)).to(memory_format=torch.channels_last)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Freezing inlines the weights so oneDNN can fuse each convolution with its ReLU.
+        traced = torch.jit.freeze(torch.jit.trace(folded, example, check_trace=False))
+        traced(example)  # the first calls let the JIT specialise; pay for them here
+        traced(example)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return traced(x.contiguous(memory_format=torch.channels_last))
+    return run
+
+
+def _bf16(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def _input_size(model: nn.Module) -> tuple[int, int]:
+    spec = model.card.preprocess
+    side = spec.crop or spec.resize or 224
+    return side, side
+
+
+def onnx_file(model: nn.Module, cache: Path) -> Path:
+    """The model (normalised input -> logits) as ONNX, exported once into the cache."""
+    path = cache / "model.onnx"
+    if path.exists():
+        return path
+    from ..fileio import atomic_path
+    cache.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, 3, *_input_size(model))
+    with atomic_path(path) as temporary, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for name in ("torch.onnx", "onnxscript"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        torch.onnx.export(model.eval(), (example,), str(temporary), dynamo=True,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: batch}}, external_data=False)
+    return path
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _onnxruntime(model: nn.Module, precision: str, cache: Path, calibration: torch.Tensor) -> Runner:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)") from None
+    path = onnx_file(model, cache)
+    if precision == "fast":
+        path = _quantized(path, calibration)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = _threads()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(session.run(None, {input_name: array})[0])
+    return run
+
+
+def _quantized(path: Path, calibration: torch.Tensor) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights, calibrated on sample images)."""
+    target = path.with_name("model.int8.onnx")
+    if target.exists():
+        return target
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter([{"input": s.unsqueeze(0).numpy()} for s in calibration])
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    from ..fileio import atomic_path
+    prepared = path.with_name("model.prepared.onnx")
+    if not prepared.exists():
+        with atomic_path(prepared) as temporary:
+            quant_pre_process(str(path), str(temporary), skip_symbolic_shape=True)
+    with atomic_path(target) as temporary, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(prepared), str(temporary), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8)
+    return target
+
+
+def _openvino(model: nn.Module, precision: str, cache: Path) -> Runner:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendUnavailable("openvino is not installed (pip install openvino)") from None
+    core = ov.Core()
+    core.set_property({"CACHE_DIR": str(cache / "openvino")})
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "fast" else "f32",
+              "INFERENCE_NUM_THREADS": _threads(), "PERFORMANCE_HINT": "LATENCY"}
+    try:
+        compiled = core.compile_model(str(onnx_file(model, cache)), "CPU", config)
+    except RuntimeError as error:
+        raise BackendUnavailable(f"OpenVINO cannot compile this model: {error}") from None
+    request = compiled.create_infer_request()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(np.array(request.infer({0: array})[0]))
+    return run
+
+
+__all__ = ["BACKENDS", "BackendUnavailable", "build", "onnx_file"]

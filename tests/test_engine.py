@@ -1,0 +1,147 @@
+"""optimize(): every backend against eager PyTorch, the fast-precision guard, the tuning cache."""
+from __future__ import annotations
+
+import builtins
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+import imagezoo
+from imagezoo.cli import main
+from imagezoo.engine import backends, engine_cache, optimize, sample_inputs
+from imagezoo.engine.fold import fold_batch_norm
+from imagezoo.models.resnet import resnet
+
+
+@pytest.fixture(scope="module")
+def photos(lite0):
+    """Real photos (scikit-image's samples), preprocessed for the default model."""
+    pictures = [skdata.chelsea(), skdata.coffee(), skdata.astronaut(), skdata.rocket(),
+                np.stack([skdata.camera()] * 3, axis=-1)]
+    return torch.cat([imagezoo.preprocess(Image.fromarray(p), lite0.card) for p in pictures])
+
+
+@pytest.fixture(scope="module")
+def reference(lite0, photos):
+    with torch.inference_mode():
+        return lite0(photos)
+
+
+@pytest.mark.parametrize("backend", ["torch", "torch-fast", "onnxruntime", "openvino"])
+def test_exact_engines_reproduce_eager_pytorch(lite0, photos, reference, backend):
+    engine = optimize(lite0, precision="exact", backend=backend, batch_size=len(photos))
+    assert (engine.backend, engine.precision) == (backend, "exact")
+    np.testing.assert_allclose(engine(photos).numpy(), reference.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch-fast", "onnxruntime", "openvino"])
+def test_fast_engines_keep_the_top1_on_real_photos(lite0, photos, reference, backend):
+    """Guarded: a fast engine that changes a top-1 falls back to float32 with a warning. The
+    cat sits between 'tiger cat' and 'Egyptian cat' (37.9% against 37.5%): within the 0.05
+    the guard allows, either answer keeps the top-1."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine = optimize(lite0, precision="fast", backend=backend, batch_size=len(photos))
+    assert (engine.precision == "exact") == any("falling back" in str(w.message) for w in caught)
+    exact = torch.softmax(reference, 1)
+    fast = torch.softmax(engine(photos).float(), 1)
+    for row in range(len(photos)):
+        tied = torch.nonzero(exact[row] >= exact[row].max() - 0.05).flatten().tolist()
+        assert int(fast[row].argmax()) in tied, (row, tied)
+        assert abs(float(fast[row, exact[row].argmax()] - exact[row].max())) <= 0.05
+    assert engine.precision == "fast" or backend == "onnxruntime", engine.note
+
+
+def test_batch_norm_folding_is_exact_within_float32():
+    torch.manual_seed(0)
+    model = resnet(18).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.2, 3)
+            module.weight.data.uniform_(0.5, 1.5)
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_fast_engine_that_disagrees_falls_back_to_exact(lite0, monkeypatch):
+    real_build = backends.build
+
+    def scrambled(backend, model, precision, batch_size, cache, calibration):
+        run = real_build(backend, model, precision, batch_size, cache, calibration)
+        if precision == "fast":
+            return lambda x: run(x).roll(1, dims=1)  # every top-1 moves to the next class
+        return run
+
+    monkeypatch.setattr("imagezoo.engine.build", scrambled)
+    with pytest.warns(UserWarning, match="fast onnxruntime engine was not used.*top-1 changed"):
+        engine = optimize(lite0, precision="fast", backend="onnxruntime")
+    assert (engine.backend, engine.precision) == ("onnxruntime", "exact")
+
+
+def test_tuning_is_cached_and_redone_for_another_model(lite0, monkeypatch, tmp_path):
+    timed = []
+    real = imagezoo.engine.images_per_second
+
+    def counting(run, example, budget_seconds=0.2):
+        timed.append(1)
+        return real(run, example, budget_seconds)
+
+    monkeypatch.setattr("imagezoo.engine.images_per_second", counting)
+    first = optimize(lite0, backend="auto", batch_size=1, cache_dir=tmp_path)
+    assert len(timed) == 4 and first.backend in first.figures
+    onnx = engine_cache(lite0, tmp_path) / "model.onnx"
+    built = onnx.stat().st_mtime_ns
+    again = optimize(lite0, backend="auto", batch_size=1, cache_dir=tmp_path)  # a "restart"
+    assert len(timed) == 4 and again.backend == first.backend
+    assert onnx.stat().st_mtime_ns == built
+    other = imagezoo.load_model("efficientnet_lite0", weights="random")
+    assert engine_cache(other, tmp_path) != engine_cache(lite0, tmp_path)
+    optimize(other, backend="auto", batch_size=1, cache_dir=tmp_path)
+    assert len(timed) == 8
+
+
+def test_a_missing_backend_is_skipped_with_a_message(lite0, monkeypatch, tmp_path):
+    real_import = builtins.__import__
+
+    def without_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_openvino)
+    monkeypatch.setattr("imagezoo.engine.images_per_second", lambda run, example: 1.0)
+    engine = optimize(lite0, backend="auto", batch_size=1, cache_dir=tmp_path)
+    table = json.loads((engine_cache(lite0, tmp_path) / "tuning.json").read_text())["exact/batch1"]
+    problems = {row["backend"]: row["problem"] for row in table}
+    assert "openvino is not installed (pip install openvino)" == problems["openvino"]
+    assert engine.backend != "openvino"
+    fallback = optimize(lite0, backend="openvino", cache_dir=tmp_path)
+    assert fallback.backend == "torch" and "openvino is not installed" in fallback.note
+
+
+def test_cli_engines_table_and_fast_classify(cat_photo, capsys, monkeypatch):
+    monkeypatch.setattr("imagezoo.engine.images_per_second", lambda run, example: 2.0)
+    assert main(["engines", "efficientnet_lite0", "--batch-size", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["backend", "img/s", "vs", "torch", "note"]
+    assert "<- chosen" in out and "openvino" in out and "onnxruntime" in out
+    assert main(["classify", str(cat_photo), "--precision", "fast", "--backend", "onnxruntime",
+                 "--json", "--top", "1"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["predictions"][0]["index"] in range(281, 286)
+
+
+def test_sample_inputs_are_real_photos(lite0):
+    samples = sample_inputs(lite0)
+    assert samples.shape == (8, 3, 224, 224)
+    with torch.inference_mode():
+        assert int(lite0(samples[:1]).argmax()) in range(281, 286)
