@@ -58,10 +58,13 @@ def collate(items) -> Batch:
 
 
 def default_workers(count: int) -> int:
-    """Decode in the main process for one image (no start-up cost), else in up to 4 workers."""
+    """Decode in the main process for one image (no start-up cost), else in one worker per
+    core but one (up to 4): the remaining core's worth is left to the model, whose own
+    threads run in the main process, so decoding and the forward pass overlap without
+    crowding each other out."""
     if count <= 1:
         return 0
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _one_thread_per_worker(_: int) -> None:
