@@ -21,7 +21,7 @@ from .models.layers import list_layers, resolve_layers
 from .tasks.convert import convert, inspect_weights
 from .tasks.evaluate import evaluate, format_report
 from .tasks.finetune import finetune
-from .engine import PRECISIONS, optimize
+from .engine import PRECISIONS, is_tuned, optimize
 from .engine.backends import BACKENDS
 from .export import OnnxModel
 from .tasks.feature_files import open_writer
@@ -227,8 +227,11 @@ def engine_from_args(args: argparse.Namespace, model, count: int):
     """The model behind --precision / --backend (an ONNX file already runs in ONNX Runtime)."""
     if isinstance(model, OnnxModel) or count == 0:
         return model
-    return optimize(model, precision=args.precision, backend=args.backend,
-                    batch_size=max(1, min(args.batch_size, count)))
+    batch_size = max(1, min(args.batch_size, count))
+    if args.backend == "auto" and not is_tuned(model, args.precision, batch_size):
+        print(f"imagezoo: timing the inference backends for this model at batch {batch_size} "
+              f"(once; the choice is cached, see 'imagezoo engines')", file=sys.stderr)
+    return optimize(model, precision=args.precision, backend=args.backend, batch_size=batch_size)
 
 
 def run_classify(args: argparse.Namespace) -> int:

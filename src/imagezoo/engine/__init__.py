@@ -154,6 +154,12 @@ def fast_problem(logits: torch.Tensor, reference: torch.Tensor) -> str | None:
     return None
 
 
+def is_tuned(model: nn.Module, precision: str, batch_size: int, cache_dir=None) -> bool:
+    """Whether ``backend="auto"`` will find its choice in the cache (no timing to do)."""
+    record_path = engine_cache(model, cache_dir) / "tuning.json"
+    return record_path.exists() and f"{precision}/batch{batch_size}" in json.loads(record_path.read_text())
+
+
 def tuning_table(model, precision, batch_size, cache, samples, reference, retune=False) -> list[Candidate]:
     """Each backend timed at this batch size (cached in ``tuning.json`` beside the engines)."""
     record_path = cache / "tuning.json"
