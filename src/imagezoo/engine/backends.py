@@ -186,10 +186,12 @@ def _openvino(model: nn.Module, precision: str, cache: Path) -> Runner:
     except RuntimeError as error:
         raise BackendUnavailable(f"OpenVINO cannot compile this model: {error}") from None
     request = compiled.create_infer_request()
+    keep_alive = (core, compiled)  # OpenVINO objects must not outlive the core that made them
 
     def run(x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(np.array(request.infer({0: array})[0]))
+    run.keep_alive = keep_alive
     return run
 
 
