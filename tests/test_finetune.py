@@ -207,3 +207,33 @@ def test_two_processes_match_one(small_set, tiny_model, tmp_path):
         assert a["metric"] == b["metric"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_refuses_other_classes_and_out_refuses_a_model(small_set, tiny_model, tmp_path):
+    imagezoo.finetune(small_set, tmp_path / "run", model=tiny_model, epochs=1, log_stream=None, workers=0)
+    fewer = tmp_path / "fewer.txt"
+    fewer.write_text("".join(f"{small_set.parent / line}\n" for line in small_set.read_text().splitlines()[:8]))
+    with pytest.raises(ImagezooError, match="was trained on the classes"):
+        imagezoo.finetune(fewer, tmp_path / "run", model=tiny_model, epochs=2, resume=True,
+                          log_stream=None, workers=0)
+    with pytest.raises(ImagezooError, match="already holds a model"):
+        imagezoo.finetune(small_set, tiny_model, model=tiny_model, epochs=1, log_stream=None)
+    assert oct((tmp_path / "run" / "card.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@pytest.mark.parametrize("option, value", [("lr", float("nan")), ("momentum", -1.0), ("lr", 0.0)])
+def test_bad_options_are_refused(small_set, tmp_path, option, value):
+    with pytest.raises(ImagezooError, match=option):
+        imagezoo.finetune(small_set, tmp_path / "out", **{option: value}, log_stream=None)
+
+
+def test_large_seeds_work_with_augmentation(small_set, tiny_model, tmp_path):
+    result = imagezoo.finetune(small_set, tmp_path / "out", model=tiny_model, epochs=1, augment=True,
+                               seed=20240601, log_stream=None, workers=0)
+    assert result.history[0].examples == 12

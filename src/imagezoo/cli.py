@@ -15,7 +15,7 @@ from . import __version__
 from .errors import ImagezooError
 from .loader import load_model
 from .models.registry import DEFAULT_MODEL, MODELS
-from .tasks.classify import Prediction, classify
+from .tasks.classify import Prediction, classify, resolve_device
 from .data.sources import expand_sources
 from .models.layers import list_layers, resolve_layers
 from .tasks.convert import convert, inspect_weights
@@ -225,8 +225,8 @@ def non_negative_int(text: str) -> int:
 
 def engine_from_args(args: argparse.Namespace, model, count: int):
     """The model behind --precision / --backend (an ONNX file already runs in ONNX Runtime)."""
-    if isinstance(model, OnnxModel) or count == 0:
-        return model
+    if isinstance(model, OnnxModel) or count == 0 or resolve_device(args.device).type != "cpu":
+        return model  # the engines are CPU engines; a GPU runs the PyTorch model
     batch_size = max(1, min(args.batch_size, count))
     if args.backend == "auto" and not is_tuned(model, args.precision, batch_size):
         print(f"imagezoo: timing the inference backends for this model at batch {batch_size} "
@@ -239,7 +239,7 @@ def run_classify(args: argparse.Namespace) -> int:
     model = engine_from_args(args, model_from_args(args), len(sources))
     results = classify(model, sources, top=args.top, batch_size=args.batch_size,
                        workers=args.workers, device=args.device, progress=args.progress,
-                       ten_crop=args.ten_crop, draft=args.precision == "fast")
+                       ten_crop=args.ten_crop, draft=getattr(model, "precision", None) == "fast")
     if not results:
         raise ImagezooError("no images found in " + ", ".join(args.inputs))
     for result in results:

@@ -57,7 +57,8 @@ class Engine(nn.Module):
         self.note = note
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x)
+        # Engines run on the CPU they were built for; inputs from elsewhere come and go back.
+        return self._run(x.cpu()).to(x.device)
 
     def to(self, *args, **kwargs) -> "Engine":  # runs where it was built
         return self
@@ -108,8 +109,8 @@ def _checked_engine(model, backend, precision, batch_size, cache, samples, refer
         try:
             run = build(backend, model, "fast", batch_size, cache, samples)
             problem = fast_problem(run(samples), reference)
-        except BackendUnavailable as error:
-            run, problem = None, str(error)
+        except Exception as error:  # any backend failure falls back, never crashes a run
+            run, problem = None, f"{type(error).__name__}: {error}"[:300]
         if problem is None:
             return Engine(run, backend, "fast", card, figures)
         warnings.warn(f"imagezoo: the fast {backend} engine was not used ({problem}); "
@@ -119,6 +120,8 @@ def _checked_engine(model, backend, precision, batch_size, cache, samples, refer
         problem = exact_problem(run(samples), reference)
     except BackendUnavailable as error:
         run, problem = None, str(error)
+    except Exception as error:  # any backend failure falls back, never crashes a run
+        run, problem = None, f"{type(error).__name__}: {error}"[:300]
     if problem is not None:
         log.warning("%s backend not used (%s); running eager PyTorch", backend, problem)
         return Engine(build("torch", model, "exact", batch_size, cache, samples), "torch", "exact",

@@ -69,7 +69,8 @@ class Distributed:
         """Element-wise sum over processes (local figures when alone)."""
         if not self.active:
             return values
-        tensor = torch.tensor(values, dtype=torch.float64)
+        # On the process's own device: an NCCL group has no CPU backend.
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return tuple(v.item() for v in tensor)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +43,7 @@ from ..data.datasets import LabelledSet, check_trainable, read_labelled_set
 from ..data.transforms import preprocess_image
 from ..errors import DatasetError, ImagezooError
 from ..fileio import atomic_path, atomic_write_text
-from ..model_folder import save_model
+from ..model_folder import is_model_folder, save_model
 from ..models.heads import head_of, replace_head, with_num_classes
 from ..models.registry import DEFAULT_MODEL
 from .classify import resolve_device
@@ -71,6 +73,12 @@ class Settings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ImagezooError(f"--lr must be a positive number, not {self.lr}")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise ImagezooError(f"--momentum must be in [0, 1), not {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ImagezooError(f"--weight-decay must be 0 or more, not {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
             raise ImagezooError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
         if self.freeze not in FREEZE:
@@ -137,8 +145,8 @@ class Trainer:
         if test is not None:
             test_set = _labelled(test, classes_file=classes_file, classes=train_set.classes,
                                  num_classes=train_set.num_classes)
-        checkpoint = self._checkpoint_to_resume(resume)
         model = self._new_model(base, weights, train_set)
+        checkpoint = self._checkpoint_to_resume(resume, train_set, self.base_card)
         cached = self.settings.freeze == "backbone" and not self.settings.augment and cache_features
         if cached:
             inputs, labels = self._features(model, train_set)
@@ -188,6 +196,7 @@ class Trainer:
             model = load_model(base or DEFAULT_MODEL, weights=weights) if weights or not _is_path(base) \
                 else load_model(base)
         base_card: ModelCard = model.card
+        self.base_card = base_card
         replace_head(model, train_set.num_classes, self.settings.seed)
         model.card = dataclasses.replace(
             base_card, name=self.out.name, labels=list(train_set.classes),
@@ -212,8 +221,11 @@ class Trainer:
         return torch.optim.SGD(parameters, lr=self.settings.lr, momentum=self.settings.momentum,
                                weight_decay=self.settings.weight_decay)
 
-    def _checkpoint_to_resume(self, resume: bool) -> dict | None:
+    def _checkpoint_to_resume(self, resume: bool, train_set: LabelledSet, base_card: ModelCard) -> dict | None:
         path = self.out / CHECKPOINT_FILE
+        if not path.exists() and is_model_folder(self.out):
+            raise ImagezooError(f"{self.out} already holds a model (card.json); choose another --out "
+                                f"rather than overwrite it")
         if not path.exists():
             if resume and self.log_stream:
                 print(f"no checkpoint in {self.out}; starting from the beginning", file=self.log_stream)
@@ -229,6 +241,12 @@ class Trainer:
             changed = ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k])
             raise ImagezooError(f"{path}: was trained with other settings ({changed}); resume "
                                 f"with the same settings or start a new run")
+        if checkpoint["classes"] != list(train_set.classes):
+            raise ImagezooError(f"{path}: was trained on the classes {checkpoint['classes']}, not "
+                                f"{list(train_set.classes)}; resume with the same data")
+        if checkpoint.get("base") not in (None, _base_identity(base_card)):
+            raise ImagezooError(f"{path}: was trained on another base model "
+                                f"({checkpoint['base']}); resume with the same --model/--weights")
         return checkpoint
 
     # -- data -------------------------------------------------------------------------------
@@ -287,7 +305,7 @@ class Trainer:
 
     # -- one epoch ----------------------------------------------------------------------------
     def _global_batches(self, count: int, epoch: int) -> list[torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.settings.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(_mix(self.settings.seed, epoch))
         order = torch.randperm(count, generator=generator)
         size = self.settings.batch_size
         return [order[start:start + size] for start in range(0, count, size)]
@@ -375,6 +393,7 @@ class Trainer:
             "records": [dataclasses.asdict(r) for r in records],
             "settings": dataclasses.asdict(self.settings),
             "classes": list(labelled.classes),
+            "base": _base_identity(self.base_card),
         }
         with atomic_path(self.out / CHECKPOINT_FILE) as temporary:
             torch.save(state, temporary)
@@ -398,8 +417,18 @@ class AugmentedTransform:
         self.seed, self.epoch = seed, epoch
 
     def __call__(self, image, spec, index: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
         return augmented_tensor(image, spec, generator)
+
+
+def _base_identity(card: ModelCard) -> str:
+    """Which base model a run started from: its name and weights' SHA-256 (or source)."""
+    return f"{card.name}:{card.sha256 or card.source}"
+
+
+def _mix(*numbers: int) -> int:
+    """One 63-bit seed from several integers (any size), for torch.Generator.manual_seed."""
+    return int(np.random.SeedSequence([abs(n) for n in numbers]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def _decode_only(image, spec) -> torch.Tensor:
