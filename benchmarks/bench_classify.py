@@ -14,9 +14,11 @@ The two sides are timed in alternating rounds (and alternating order), so a slow
 shared machine hits both rather than one. Figures come from each side's fastest round: other
 load can only slow a round down, so the fastest is the best estimate of the machine's own
 speed. On a shared machine that is not enough when another job keeps both cores busy, so
-in the full run each row first waits (briefly) for a quiet moment and is measured again when
-other processes took more than a few percent of the CPU meanwhile; the report says how much
-they took, per row and overall, so a disturbed figure can still be recognised.
+in the full run each row first waits briefly for a quiet moment and is measured once more
+when other processes took more than a few percent of the CPU meanwhile (all waiting shares
+one budget, so a machine that never goes quiet costs at most that much extra time). The
+report says how much CPU other processes took, per row and overall, so a disturbed figure
+can still be recognised.
 
     python benchmarks/bench_classify.py            # full run, rewrites benchmarks/RESULTS.md
     python benchmarks/bench_classify.py --quick    # smoke run: smaller batches, fewer images
@@ -72,14 +74,15 @@ class Settings:
     image_count: int = 64
     e2e_batch: int = 32             # must be one of batch_sizes (for the e2e/model-only ratio)
     e2e_rounds: int = 3
-    attempts: int = 3               # measurements per row when other processes disturb it
-    quiet_wait_seconds: float = 60  # longest wait for a quiet moment before each attempt
+    attempts: int = 2               # measurements per row when other processes disturb it
+    quiet_wait_seconds: float = 20  # longest wait for a quiet moment before each attempt
+    quiet_wait_budget: float = 90   # total waiting allowed over the whole run
 
 
 FULL = Settings()
 QUICK = Settings(batch_sizes=(1, 8), warmup_seconds=0.0, target_seconds=0.3, min_iterations=2,
                  max_iterations=10, image_count=16, e2e_batch=8, e2e_rounds=1,
-                 attempts=1, quiet_wait_seconds=0)
+                 attempts=1, quiet_wait_seconds=0, quiet_wait_budget=0)
 
 
 @dataclass
@@ -201,21 +204,38 @@ def wait_for_quiet(max_seconds: float, window: float = 3.0) -> bool:
     return False
 
 
-def measure_quietly(measure: Callable[[], Row], settings: Settings) -> Row:
-    """Measure a row, again (up to ``settings.attempts`` times) if other processes disturbed it.
+class QuietWaiter:
+    """Waits for quiet moments before measurements, within one budget for the whole run."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.per_wait = settings.quiet_wait_seconds
+        self.remaining = settings.quiet_wait_budget
+
+    def wait(self) -> None:
+        limit = min(self.per_wait, self.remaining)
+        if limit <= 0:
+            return
+        started = time.perf_counter()
+        if not wait_for_quiet(limit):
+            log(f"  other processes kept the CPU busy for {limit:.0f} s; measuring anyway")
+        self.remaining -= time.perf_counter() - started
+
+
+def measure_quietly(measure: Callable[[], Row], attempts: int, waiter: QuietWaiter) -> Row:
+    """Measure a row, again (up to ``attempts`` times) while other processes disturb it.
 
     Keeps the least disturbed attempt; its ``other_share`` goes into the report either way.
+    A retry is only worth it when there was time to wait for the disturbance to pass.
     """
     best: Row | None = None
-    for attempt in range(settings.attempts):
-        if settings.quiet_wait_seconds > 0 and not wait_for_quiet(settings.quiet_wait_seconds):
-            log(f"  the machine did not go quiet within {settings.quiet_wait_seconds:.0f} s")
+    for attempt in range(attempts):
+        waiter.wait()
         row = measure()
         if best is None or row.other_share < best.other_share:
             best = row
-        if row.other_share <= BUSY_SHARE:
+        if row.other_share <= BUSY_SHARE or waiter.remaining <= 0:
             break
-        if attempt + 1 < settings.attempts:
+        if attempt + 1 < attempts:
             log(f"  other processes took {row.other_share:.0%} of the CPU; measuring again")
     assert best is not None
     return best
@@ -432,7 +452,8 @@ def end_to_end_table(rows: list[EndToEndRow]) -> str:
         "## End to end (decode + resize + crop + forward + top-k)",
         "",
         f"imagezoo: `imagezoo.classify(model, folder, batch_size={first.batch})`, decoding in "
-        f"{first.workers} DataLoader worker processes (its default here). Baseline: Pillow "
+        f"{first.workers} DataLoader worker process{'es' if first.workers != 1 else ''} "
+        f"(its default here). Baseline: Pillow "
         f"`Image.open(...).convert('RGB')` and "
         f"`imagezoo.data.transforms.preprocess_image` in the main process, forward in batches "
         f"of {first.batch} under `torch.no_grad()`. "
@@ -480,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     other = OtherLoad()
 
+    waiter = QuietWaiter(settings)
     models = {name: imagezoo.load_model(name, weights=weights) for name, weights in MODELS.items()}
 
     model_only: dict[tuple[str, int], ModelOnlyRow] = {}
@@ -487,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in settings.batch_sizes:
             log(f"model only: {name} batch {batch}")
             model_only[(name, batch)] = measure_quietly(
-                functools.partial(bench_model_only, name, model, batch, settings), settings)
+                functools.partial(bench_model_only, name, model, batch, settings),
+                settings.attempts, waiter)
 
     end_to_end: list[EndToEndRow] = []
     with tempfile.TemporaryDirectory(prefix="imagezoo-bench-") as temp:
@@ -499,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, model in models.items():
             log(f"end to end: {name}")
             end_to_end.append(measure_quietly(functools.partial(
-                bench_end_to_end, name, model, folder, paths, model_only, settings), settings))
+                bench_end_to_end, name, model, folder, paths, model_only, settings),
+                settings.attempts, waiter))
 
     wall = time.perf_counter() - other.started
     disturbed = [f"{row.model} batch {row.batch} (model only)" for row in model_only.values()
