@@ -100,6 +100,7 @@ def test_tuning_is_cached_and_redone_for_another_model(lite0, monkeypatch, tmp_p
     assert len(timed) == 4 and first.backend in first.figures
     onnx = engine_cache(lite0, tmp_path) / "model.onnx"
     built = onnx.stat().st_mtime_ns
+    assert list(engine_cache(lite0, tmp_path).glob("torch-fast-b*.pt"))  # the frozen graph
     again = optimize(lite0, backend="auto", batch_size=1, cache_dir=tmp_path)  # a "restart"
     assert len(timed) == 4 and again.backend == first.backend
     assert onnx.stat().st_mtime_ns == built

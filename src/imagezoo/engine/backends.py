@@ -89,12 +89,20 @@ def _torch_fast(model: nn.Module, precision: str, batch_size: int, cache: Path) 
             with torch.inference_mode(), _bf16(True):
                 return folded(x.contiguous(memory_format=torch.channels_last)).float()
         return in_chunks(run_bf16)
-    example = torch.zeros(min(batch_size, TORCH_CHUNK), 3, *_input_size(model)).to(
-        memory_format=torch.channels_last)
+    chunk = min(batch_size, TORCH_CHUNK)
+    example = torch.zeros(chunk, 3, *_input_size(model)).to(memory_format=torch.channels_last)
+    graph_file = cache / f"torch-fast-b{chunk}.pt"
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # Freezing inlines the weights so oneDNN can fuse each convolution with its ReLU.
-        traced = torch.jit.freeze(torch.jit.trace(folded, example, check_trace=False))
+        if graph_file.exists():  # built by an earlier run: no tracing to pay for again
+            traced = torch.jit.load(str(graph_file))
+        else:
+            # Freezing inlines the weights so oneDNN can fuse each convolution with its ReLU.
+            traced = torch.jit.freeze(torch.jit.trace(folded, example, check_trace=False))
+            from ..fileio import atomic_path
+            cache.mkdir(parents=True, exist_ok=True)
+            with atomic_path(graph_file) as temporary:
+                torch.jit.save(traced, str(temporary))
         traced(example)  # the first calls let the JIT specialise; pay for them here
         traced(example)
 
