@@ -375,13 +375,8 @@ def own_cpu_seconds() -> float:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from imagezoo.engine import cpu_model as engine_cpu_model
+    return engine_cpu_model()
 
 
 def git_revision() -> str:

@@ -251,7 +251,7 @@ def model_digest(model: nn.Module) -> str:
 
 
 def machine_facts() -> dict:
-    facts = {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    facts = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
              "torch": torch.__version__, "python": platform.python_version()}
     for package in ("onnxruntime", "openvino"):
         try:
@@ -261,7 +261,8 @@ def machine_facts() -> dict:
     return facts
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for cache keys and benchmark reports."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
