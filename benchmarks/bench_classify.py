@@ -475,13 +475,18 @@ def end_to_end_table(rows: list[EndToEndRow]) -> str:
 
 # ---------------------------------------------------------------------------- main
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: batch 1 and 8, 16 images, few iterations")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"where to write the Markdown results (default: {DEFAULT_OUT})")
+def bench_arguments(doc: str, quick_help: str, default_out: Path,
+                    argv: list[str] | None = None) -> argparse.Namespace:
+    """``--quick`` and ``--out``, the options every benchmark script takes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick_help}")
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help=f"where to write the Markdown results (default: {default_out})")
     return parser.parse_args(argv)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return bench_arguments(__doc__, "batch 1 and 8, 16 images, few iterations", DEFAULT_OUT, argv)
 
 
 def log(message: str) -> None:

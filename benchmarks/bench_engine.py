@@ -73,7 +73,7 @@ from imagezoo.engine.backends import onnx_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_classify import (BUSY_SHARE, JPEG_QUALITY, PHOTO_SIZE, OtherLoad,  # noqa: E402
                             cpu_model, git_revision, make_photos, read_all, wait_for_quiet,
-                            warm_up)
+                            bench_arguments, log, warm_up)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS-engine.md"
 VENV_BIN = Path(sys.executable).parent
@@ -893,16 +893,7 @@ def targets_section(cases: list[Case], accuracy: dict | None, e2e: list[EndToEnd
 # ---------------------------------------------------------------------------- main
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: batch 1 and 8, efficientnet_lite0 only, few calls")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"where to write the Markdown results (default: {DEFAULT_OUT})")
-    return parser.parse_args(argv)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    return bench_arguments(__doc__, "batch 1 and 8, efficientnet_lite0 only, few calls", DEFAULT_OUT, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

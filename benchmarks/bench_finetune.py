@@ -55,7 +55,8 @@ from imagezoo.tasks import finetune as finetune_module
 # both reports describe the machine the same way. (This script's folder is on sys.path when
 # it is run as a script.)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_classify import BUSY_SHARE, OtherLoad, cpu_model, git_revision  # noqa: E402
+from bench_classify import (BUSY_SHARE, OtherLoad, bench_arguments, cpu_model,  # noqa: E402
+                             git_revision, log)
 
 MODEL = "efficientnet_lite0"
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS-finetune.md"
@@ -474,16 +475,7 @@ def reported_figures_note(full_one: CommandRun, full_many: CommandRun, cached_on
 # ---------------------------------------------------------------------------- main
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {QUICK.per_class * 10} images, {QUICK.epochs} epochs")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"where to write the Markdown results (default: {DEFAULT_OUT})")
-    return parser.parse_args(argv)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    return bench_arguments(__doc__, f"{QUICK.per_class * 10} images, {QUICK.epochs} epochs", DEFAULT_OUT, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
