@@ -1,6 +1,4 @@
 """``python -m imagezoo`` is the ``imagezoo`` command."""
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -20,6 +20,7 @@ from .data.sources import expand_sources
 from .models.layers import list_layers, resolve_layers
 from .tasks.convert import convert, inspect_weights
 from .tasks.evaluate import evaluate, format_report
+from .tasks.distributed import is_torchrun_worker
 from .tasks.finetune import finetune
 from .engine import PRECISIONS, is_tuned, optimize
 from .engine.backends import BACKENDS
@@ -431,3 +432,17 @@ def main(argv: list[str] | None = None) -> int:
         # The reader (head, less) has gone; stop quietly like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+
+
+def run() -> None:
+    """The ``imagezoo`` command and ``python -m imagezoo``: ``main`` and exit with its status."""
+    code = main()
+    if is_torchrun_worker():
+        # Every file is written and closed by now. Skipping the interpreter's shutdown avoids
+        # a race in PyTorch's gloo backend, whose threads can abort a finalising worker (see
+        # tasks/distributed.py), which torchrun would report as a failed run.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

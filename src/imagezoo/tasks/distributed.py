@@ -7,6 +7,7 @@ no-op, so a single process pays nothing.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -58,6 +59,12 @@ class Distributed:
 
     def __exit__(self, *exc) -> None:
         if self.started_here and dist.is_initialized():
+            # The DistributedDataParallel wrapper sits in reference cycles that keep the gloo
+            # group alive; collect it first, so that destroying the group joins gloo's worker
+            # threads now. A gloo thread still alive during interpreter shutdown can release
+            # the last collective's tensors there and abort the process ("terminate called
+            # without an active exception"; seen under load, see pytorch/pytorch#179291).
+            gc.collect()
             dist.destroy_process_group()
 
     def wrap(self, module: nn.Module) -> nn.Module:
@@ -85,3 +92,8 @@ class Distributed:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+
+def is_torchrun_worker() -> bool:
+    """Whether this process is one of several started by ``torchrun``."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ
