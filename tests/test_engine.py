@@ -72,7 +72,7 @@ def test_batch_norm_folding_is_exact_within_float32():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
 
 
-def test_fast_engine_that_disagrees_falls_back_to_exact(lite0, monkeypatch):
+def scrambling_fast_engines(monkeypatch):
     real_build = backends.build
 
     def scrambled(backend, model, precision, batch_size, cache, calibration):
@@ -82,9 +82,35 @@ def test_fast_engine_that_disagrees_falls_back_to_exact(lite0, monkeypatch):
         return run
 
     monkeypatch.setattr("imagezoo.engine.build", scrambled)
+
+
+def test_fast_engine_that_disagrees_falls_back_to_exact(lite0, monkeypatch, tmp_path):
+    scrambling_fast_engines(monkeypatch)
     with pytest.warns(UserWarning, match="fast onnxruntime engine was not used.*top-1 changed"):
-        engine = optimize(lite0, precision="fast", backend="onnxruntime")
+        engine = optimize(lite0, precision="fast", backend="onnxruntime", cache_dir=tmp_path)
     assert (engine.backend, engine.precision) == ("onnxruntime", "exact")
+
+
+def test_a_checked_engine_loads_without_the_eager_model_next_time(lite0, photos, reference,
+                                                                   monkeypatch, tmp_path):
+    first = optimize(lite0, precision="fast", backend="torch-fast", batch_size=4, cache_dir=tmp_path)
+    assert first.precision == "fast"
+    checked = json.loads((engine_cache(lite0, tmp_path) / "checked.json").read_text())
+    assert checked == {"torch-fast/fast/batch4": True}
+
+    def no_samples(model):
+        raise AssertionError("the sample photos were decoded again")
+    monkeypatch.setattr("imagezoo.engine.sample_inputs", no_samples)
+    again = optimize(lite0, precision="fast", backend="torch-fast", batch_size=4, cache_dir=tmp_path)
+    assert again.precision == "fast"
+    np.testing.assert_array_equal(again(photos).numpy(), first(photos).numpy())
+    # Images the caller gives are checked every time: a broken engine is caught even though
+    # the same key passed before.
+    scrambling_fast_engines(monkeypatch)
+    with pytest.warns(UserWarning, match="top-1 changed"):
+        caught = optimize(lite0, precision="fast", backend="torch-fast", batch_size=4,
+                          calibration=photos, cache_dir=tmp_path)
+    assert caught.precision == "exact"
 
 
 def test_tuning_is_cached_and_redone_for_another_model(lite0, monkeypatch, tmp_path):

@@ -10,6 +10,10 @@ model on sample images (rtol 1e-4, atol 1e-4) and a candidate that misses is dro
 fast engine must give the exact engine's top-1 everywhere and move the top-1 probability by at
 most 0.05, else imagezoo warns and falls back to the exact engine.
 
+An engine that passed its check on the sample images is remembered in the cache
+(``checked.json``, beside the engine files and under the same key), so a later run loads it
+without running the eager model again; calibration images the caller gives are always checked.
+
 ``backend="auto"`` times each available backend for this model, batch size and precision
 (a few seconds, once) and caches the winner with the figures in the cache folder, keyed by the
 model's SHA-256, the CPU and the library versions; files built ahead of time (ONNX, int8 ONNX,
@@ -25,6 +29,8 @@ import platform
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -33,7 +39,7 @@ from torch import nn
 from ..errors import ImagezooError
 from ..fileio import atomic_write_text
 from ..weights.store import resolve_cache_dir
-from .backends import BACKENDS, BackendUnavailable, build
+from .backends import BACKENDS, BackendUnavailable, build, input_size
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,26 @@ class Candidate:
     extra: dict = field(default_factory=dict)
 
 
+class Reference:
+    """The inputs engines are checked on and eager PyTorch's logits for them, each computed on
+    first use: a restart that loads an engine checked before needs neither."""
+
+    def __init__(self, model: nn.Module, calibration: torch.Tensor | None):
+        self.model = model
+        self.user_given = calibration is not None
+        if calibration is not None:
+            self.samples = calibration
+
+    @cached_property
+    def samples(self) -> torch.Tensor:
+        return sample_inputs(self.model)
+
+    @cached_property
+    def logits(self) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(self.samples)
+
+
 def optimize(model: nn.Module, precision: str = "exact", backend: str = "auto",
              batch_size: int | None = None, calibration: torch.Tensor | None = None,
              cache_dir: str | os.PathLike | None = None, retune: bool = False) -> Engine:
@@ -89,26 +115,27 @@ def optimize(model: nn.Module, precision: str = "exact", backend: str = "auto",
     model = model.eval()
     batch_size = batch_size or 32
     cache = engine_cache(model, cache_dir)
-    samples = calibration if calibration is not None else sample_inputs(model)
-    with torch.inference_mode():
-        reference = model(samples)
+    reference = Reference(model, calibration)
     if backend == "auto":
-        table = tuning_table(model, precision, batch_size, cache, samples, reference, retune)
+        table = tuning_table(model, precision, batch_size, cache, reference, retune)
         winner = min((c for c in table if c.images_per_second),
                      key=lambda c: 1.0 / c.images_per_second, default=None)
         chosen = winner.backend if winner else "torch"
         figures = {c.backend: c.images_per_second for c in table}
     else:
         chosen, figures = backend, {}
-    return _checked_engine(model, chosen, precision, batch_size, cache, samples, reference, figures)
+    return _checked_engine(model, chosen, precision, batch_size, cache, reference, figures)
 
 
-def _checked_engine(model, backend, precision, batch_size, cache, samples, reference, figures) -> Engine:
+def _checked_engine(model, backend, precision, batch_size, cache, reference: Reference, figures) -> Engine:
     card = model.card
+    checks = CheckRecord(cache)
     if precision == "fast":
         try:
-            run = build(backend, model, "fast", batch_size, cache, samples)
-            problem = fast_problem(run(samples), reference)
+            run = _built_and_checked(backend, model, "fast", batch_size, cache, reference, checks)
+            problem = None
+        except EngineRejected as rejection:
+            run, problem = None, str(rejection)
         except Exception as error:  # any backend failure falls back, never crashes a run
             run, problem = None, f"{type(error).__name__}: {error}"[:300]
         if problem is None:
@@ -116,17 +143,61 @@ def _checked_engine(model, backend, precision, batch_size, cache, samples, refer
         warnings.warn(f"imagezoo: the fast {backend} engine was not used ({problem}); "
                       f"falling back to exact float32", stacklevel=3)
     try:
-        run = build(backend, model, "exact", batch_size, cache, samples)
-        problem = exact_problem(run(samples), reference)
-    except BackendUnavailable as error:
+        run = _built_and_checked(backend, model, "exact", batch_size, cache, reference, checks)
+        problem = None
+    except (BackendUnavailable, EngineRejected) as error:
         run, problem = None, str(error)
     except Exception as error:  # any backend failure falls back, never crashes a run
         run, problem = None, f"{type(error).__name__}: {error}"[:300]
     if problem is not None:
         log.warning("%s backend not used (%s); running eager PyTorch", backend, problem)
-        return Engine(build("torch", model, "exact", batch_size, cache, samples), "torch", "exact",
-                      card, figures, note=problem)
+        return Engine(build("torch", model, "exact", batch_size, cache, lambda: reference.samples),
+                      "torch", "exact", card, figures, note=problem)
     return Engine(run, backend, "exact", card, figures)
+
+
+class EngineRejected(ImagezooError):
+    """An engine whose outputs miss the check of its precision."""
+
+
+def _built_and_checked(backend, model, precision, batch_size, cache, reference: Reference,
+                       checks: "CheckRecord"):
+    """The engine, checked against eager PyTorch on the sample images unless the same engine
+    (same model digest, machine, library versions, backend, precision and batch size) passed
+    that check on an earlier run; inputs the caller gives are always checked."""
+    run = build(backend, model, precision, batch_size, cache, lambda: reference.samples)
+    key = f"{backend}/{precision}/batch{batch_size}"
+    if not reference.user_given and checks.passed(key):
+        return run
+    check = exact_problem if precision == "exact" else fast_problem
+    problem = check(run(reference.samples), reference.logits)
+    if problem is not None:
+        raise EngineRejected(problem)
+    if not reference.user_given:
+        checks.record(key)
+    return run
+
+
+class CheckRecord:
+    """``checked.json`` in the engine cache: the engines that passed their check here."""
+
+    def __init__(self, cache: Path):
+        self.path = cache / "checked.json"
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def passed(self, key: str) -> bool:
+        return self._read().get(key) is True
+
+    def record(self, key: str) -> None:
+        records = self._read()
+        records[key] = True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(records, indent=2))
 
 
 def exact_problem(logits: torch.Tensor, reference: torch.Tensor) -> str | None:
@@ -163,7 +234,8 @@ def is_tuned(model: nn.Module, precision: str, batch_size: int, cache_dir=None) 
     return record_path.exists() and f"{precision}/batch{batch_size}" in json.loads(record_path.read_text())
 
 
-def tuning_table(model, precision, batch_size, cache, samples, reference, retune=False) -> list[Candidate]:
+def tuning_table(model, precision, batch_size, cache, reference: Reference,
+                 retune=False) -> list[Candidate]:
     """Each backend timed at this batch size (cached in ``tuning.json`` beside the engines)."""
     record_path = cache / "tuning.json"
     key = f"{precision}/batch{batch_size}"
@@ -171,15 +243,18 @@ def tuning_table(model, precision, batch_size, cache, samples, reference, retune
     if key in records and not retune:
         return [Candidate(**c) for c in records[key]]
     table = []
-    example = torch.randn(batch_size, *samples.shape[1:], generator=torch.Generator().manual_seed(0))
+    example = torch.randn(batch_size, 3, *input_size(model), generator=torch.Generator().manual_seed(0))
     for backend in BACKENDS:
         if precision == "fast" and backend == "torch":
             continue
         candidate = Candidate(backend, precision)
         try:
-            run = build(backend, model, precision, batch_size, cache, samples)
-            check = run(samples)
-            candidate.problem = (fast_problem if precision == "fast" else exact_problem)(check, reference)
+            run = build(backend, model, precision, batch_size, cache, lambda: reference.samples)
+            check = run(reference.samples)
+            candidate.problem = (fast_problem if precision == "fast" else exact_problem)(
+                check, reference.logits)
+            if candidate.problem is None and not reference.user_given:
+                CheckRecord(cache).record(f"{backend}/{precision}/batch{batch_size}")
             if candidate.problem is None:
                 candidate.images_per_second = images_per_second(run, example)
         except BackendUnavailable as error:
@@ -254,9 +329,9 @@ def machine_facts() -> dict:
     facts = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
              "torch": torch.__version__, "python": platform.python_version()}
     for package in ("onnxruntime", "openvino"):
-        try:
-            facts[package] = __import__(package).__version__
-        except ImportError:
+        try:  # the installed version, without paying for importing the package
+            facts[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
             facts[package] = None
     return facts
 

@@ -42,7 +42,9 @@ class BackendUnavailable(ImagezooError):
 
 
 def build(backend: str, model: nn.Module, precision: str, batch_size: int, cache: Path,
-          calibration: torch.Tensor) -> Runner:
+          calibration: Callable[[], torch.Tensor]) -> Runner:
+    """``calibration()`` gives the sample images int8 quantisation is calibrated on (called
+    only when the quantised file is not in the cache yet)."""
     if backend == "torch":
         return _torch(model, precision)
     if backend == "torch-fast":
@@ -90,7 +92,7 @@ def _torch_fast(model: nn.Module, precision: str, batch_size: int, cache: Path) 
                 return folded(x.contiguous(memory_format=torch.channels_last)).float()
         return in_chunks(run_bf16)
     chunk = min(batch_size, TORCH_CHUNK)
-    example = torch.zeros(chunk, 3, *_input_size(model)).to(memory_format=torch.channels_last)
+    example = torch.zeros(chunk, 3, *input_size(model)).to(memory_format=torch.channels_last)
     graph_file = cache / f"torch-fast-b{chunk}.pt"
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -116,7 +118,7 @@ def _bf16(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def _input_size(model: nn.Module) -> tuple[int, int]:
+def input_size(model: nn.Module) -> tuple[int, int]:
     spec = model.card.preprocess
     side = spec.crop or spec.resize or 224
     return side, side
@@ -129,7 +131,7 @@ def onnx_file(model: nn.Module, cache: Path) -> Path:
         return path
     from ..fileio import atomic_path
     cache.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(2, 3, *_input_size(model))
+    example = torch.zeros(2, 3, *input_size(model))
     with atomic_path(path) as temporary, warnings.catch_warnings(), \
             contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -146,7 +148,8 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _onnxruntime(model: nn.Module, precision: str, cache: Path, calibration: torch.Tensor) -> Runner:
+def _onnxruntime(model: nn.Module, precision: str, cache: Path,
+                 calibration: Callable[[], torch.Tensor]) -> Runner:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -167,7 +170,7 @@ def _onnxruntime(model: nn.Module, precision: str, cache: Path, calibration: tor
     return run
 
 
-def _quantized(path: Path, calibration: torch.Tensor) -> Path:
+def _quantized(path: Path, calibration: Callable[[], torch.Tensor]) -> Path:
     """Static int8 quantisation (QDQ, per-channel weights, calibrated on sample images)."""
     target = path.with_name("model.int8.onnx")
     if target.exists():
@@ -178,7 +181,7 @@ def _quantized(path: Path, calibration: torch.Tensor) -> Path:
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.samples = iter([{"input": s.unsqueeze(0).numpy()} for s in calibration])
+            self.samples = iter([{"input": s.unsqueeze(0).numpy()} for s in calibration()])
 
         def get_next(self):
             return next(self.samples, None)
@@ -219,4 +222,4 @@ def _openvino(model: nn.Module, precision: str, cache: Path) -> Runner:
     return run
 
 
-__all__ = ["BACKENDS", "BackendUnavailable", "build", "onnx_file"]
+__all__ = ["BACKENDS", "BackendUnavailable", "build", "input_size", "onnx_file"]
