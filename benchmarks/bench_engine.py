@@ -82,7 +82,6 @@ E2E_MODEL = "efficientnet_lite0"        # what `imagezoo classify` runs without 
 BUSY_REPORT_SHARE = 0.25                # above this the report calls the case "busy"
 
 # What a fast imagezoo engine runs at, by backend (see imagezoo/engine/backends.py).
-FAST_NUMERICS = {"torch-fast": "bf16", "onnxruntime": "int8", "openvino": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -211,8 +210,7 @@ def imagezoo_contenders(model, batch: int, cache: Path) -> tuple[list[Contender]
                     continue
             seconds = time.perf_counter() - started
             messages = [str(w.message) for w in caught if "imagezoo" in str(w.message)]
-            numerics = FAST_NUMERICS.get(engine.backend, "?") if engine.precision == "fast" else "fp32"
-            contender = Contender(name, "imagezoo", precision, numerics, engine, seconds,
+            contender = Contender(name, "imagezoo", precision, engine.numerics, engine, seconds,
                                   engine.backend, "; ".join(messages))
             if engine.note:
                 contender.note = "; ".join(filter(None, [contender.note, engine.note]))
@@ -233,11 +231,13 @@ def auto_summary(model, engine, precision: str, batch: int, cache: Path) -> str:
     rows = json.loads(record.read_text()).get(f"{precision}/batch{batch}", []) if record.exists() else []
     parts = []
     for row in rows:
+        label = f"{row['backend']} {row.get('numerics', 'fp32')}"
         if row.get("images_per_second"):
-            parts.append(f"{row['backend']} {row['images_per_second']:.1f}")
+            parts.append(f"{label} {row['images_per_second']:.1f}")
         else:
-            parts.append(f"{row['backend']} not used ({(row.get('problem') or '?')[:90]})")
-    return (f"auto {precision} chose **{engine.backend}** ({engine.precision}); its tuning, img/s: "
+            parts.append(f"{label} not used ({(row.get('problem') or '?')[:90]})")
+    return (f"auto {precision} chose **{engine.backend} {engine.numerics}** ({engine.precision}); "
+            f"its tuning, img/s: "
             + ", ".join(parts))
 
 
@@ -622,8 +622,7 @@ def chosen_engine(model, precision: str, batch: int, cache: Path,
     name = f"imagezoo {engine.backend} {engine.precision}"
     contender = case.find(name) if case else None
     rate = case.rate(contender) if contender else None
-    numerics = FAST_NUMERICS.get(engine.backend, "?") if engine.precision == "fast" else "fp32"
-    return f"{engine.backend} {engine.precision} ({numerics})", rate, ""
+    return f"{engine.backend} {engine.precision} ({engine.numerics})", rate, ""
 
 
 # ---------------------------------------------------------------------------- report

@@ -75,9 +75,9 @@ def test_batch_norm_folding_is_exact_within_float32():
 def scrambling_fast_engines(monkeypatch):
     real_build = backends.build
 
-    def scrambled(backend, model, precision, batch_size, cache, calibration):
-        run = real_build(backend, model, precision, batch_size, cache, calibration)
-        if precision == "fast":
+    def scrambled(backend, model, numerics, batch_size, cache, calibration):
+        run = real_build(backend, model, numerics, batch_size, cache, calibration)
+        if numerics != "fp32":
             return lambda x: run(x).roll(1, dims=1)  # every top-1 moves to the next class
         return run
 
@@ -91,12 +91,29 @@ def test_fast_engine_that_disagrees_falls_back_to_exact(lite0, monkeypatch, tmp_
     assert (engine.backend, engine.precision) == ("onnxruntime", "exact")
 
 
+def test_openvino_fast_tries_int8_then_bfloat16(lite0, monkeypatch, tmp_path):
+    """int8 comes first (the fastest here); when it misses the guard, bf16 is tried next."""
+    real_build = backends.build
+    built = []
+
+    def int8_scrambled(backend, model, numerics, batch_size, cache, calibration):
+        built.append(numerics)
+        run = real_build(backend, model, numerics, batch_size, cache, calibration)
+        return (lambda x: run(x).roll(1, dims=1)) if numerics == "int8" else run
+
+    monkeypatch.setattr("imagezoo.engine.build", int8_scrambled)
+    engine = optimize(lite0, precision="fast", backend="openvino", batch_size=2, cache_dir=tmp_path)
+    assert built == ["int8", "bf16"]
+    assert (engine.backend, engine.precision, engine.numerics) == ("openvino", "fast", "bf16")
+    assert (engine_cache(lite0, tmp_path) / "model.int8.onnx").exists()
+
+
 def test_a_checked_engine_loads_without_the_eager_model_next_time(lite0, photos, reference,
                                                                    monkeypatch, tmp_path):
     first = optimize(lite0, precision="fast", backend="torch-fast", batch_size=4, cache_dir=tmp_path)
     assert first.precision == "fast"
     checked = json.loads((engine_cache(lite0, tmp_path) / "checked.json").read_text())
-    assert checked == {"torch-fast/fast/batch4": True}
+    assert checked == {"torch-fast/bf16/batch4": True}
 
     def no_samples(model):
         raise AssertionError("the sample photos were decoded again")
@@ -159,7 +176,7 @@ def test_cli_engines_table_and_fast_classify(cat_photo, capsys, monkeypatch):
     monkeypatch.setattr("imagezoo.engine.images_per_second", lambda run, example: 2.0)
     assert main(["engines", "efficientnet_lite0", "--batch-size", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["backend", "img/s", "vs", "torch", "note"]
+    assert out.splitlines()[0].split() == ["backend", "numerics", "img/s", "vs", "torch", "note"]
     assert "<- chosen" in out and "openvino" in out and "onnxruntime" in out
     assert main(["classify", str(cat_photo), "--precision", "fast", "--backend", "onnxruntime",
                  "--json", "--top", "1"]) == 0

@@ -395,16 +395,19 @@ def run_engines(args: argparse.Namespace) -> int:
     table = json.loads((engine_cache(model) / "tuning.json").read_text())[
         f"{args.precision}/batch{args.batch_size}"]
     if args.json:
-        print(json.dumps({"chosen": engine.backend, "precision": engine.precision, "table": table}))
+        print(json.dumps({"chosen": engine.backend, "precision": engine.precision,
+                          "numerics": engine.numerics, "table": table}))
         return EXIT_OK
-    fastest = max((row["images_per_second"] or 0) for row in table) or 1.0
     eager = next((row["images_per_second"] for row in table if row["backend"] == "torch"), None)
-    print(f"{'backend':<13} {'img/s':>8} {'vs torch':>9}  note")
+    print(f"{'backend':<13} {'numerics':<8} {'img/s':>8} {'vs torch':>9}  note")
     for row in table:
         rate = row["images_per_second"]
+        numerics = row.get("numerics", "fp32")
         ratio = f"{rate / eager:.2f}x" if rate and eager else "-"
-        mark = "  <- chosen" if row["backend"] == engine.backend else ""
-        print(f"{row['backend']:<13} {rate or 0:>8.1f} {ratio:>9}  {row['problem'] or ''}{mark}")
+        chosen = (row["backend"], numerics) == (engine.backend, engine.numerics)
+        mark = "  <- chosen" if chosen else ""
+        print(f"{row['backend']:<13} {numerics:<8} {rate or 0:>8.1f} {ratio:>9}  "
+              f"{row['problem'] or ''}{mark}")
     print(f"batch {args.batch_size}, precision {engine.precision}; cached in {engine_cache(model)}")
     return EXIT_OK
 

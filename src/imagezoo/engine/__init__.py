@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import ImagezooError
 from ..fileio import atomic_write_text
 from ..weights.store import resolve_cache_dir
-from .backends import BACKENDS, BackendUnavailable, build, input_size
+from .backends import BACKENDS, FAST_NUMERICS, BackendUnavailable, build, input_size
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,16 @@ FAST_PROBABILITY_SHIFT = 0.05
 
 class Engine(nn.Module):
     """A compiled model: ``engine(x)`` -> logits (a torch tensor), with ``.backend``,
-    ``.precision``, ``.card`` and ``.figures`` (img/s of each backend timed, when tuned)."""
+    ``.precision`` (exact or fast), ``.numerics`` (fp32, bf16 or int8: what it computes in),
+    ``.card`` and ``.figures`` (img/s of each engine timed, when tuned)."""
 
     def __init__(self, run, backend: str, precision: str, card, figures: dict | None = None,
-                 note: str | None = None):
+                 note: str | None = None, numerics: str = "fp32"):
         super().__init__()
         self._run = run
         self.backend = backend
         self.precision = precision
+        self.numerics = numerics
         self.card = card
         self.figures = figures or {}
         self.note = note
@@ -70,16 +72,27 @@ class Engine(nn.Module):
         return self
 
     def __repr__(self) -> str:
-        return f"Engine(backend={self.backend!r}, precision={self.precision!r})"
+        return (f"Engine(backend={self.backend!r}, precision={self.precision!r}, "
+                f"numerics={self.numerics!r})")
 
 
 @dataclass
 class Candidate:
     backend: str
-    precision: str           # the precision this candidate actually runs at
+    precision: str           # what was asked: exact or fast
     images_per_second: float | None = None
     problem: str | None = None
     extra: dict = field(default_factory=dict)
+    numerics: str = "fp32"   # what it computes in
+
+    @property
+    def label(self) -> str:
+        return self.backend if self.precision == "exact" else f"{self.backend} {self.numerics}"
+
+
+def numerics_to_try(backend: str, precision: str) -> tuple[str, ...]:
+    """What ``backend`` computes in for ``precision``, the fastest first."""
+    return ("fp32",) if precision == "exact" else FAST_NUMERICS[backend]
 
 
 class Reference:
@@ -120,30 +133,40 @@ def optimize(model: nn.Module, precision: str = "exact", backend: str = "auto",
         table = tuning_table(model, precision, batch_size, cache, reference, retune)
         winner = min((c for c in table if c.images_per_second),
                      key=lambda c: 1.0 / c.images_per_second, default=None)
-        chosen = winner.backend if winner else "torch"
-        figures = {c.backend: c.images_per_second for c in table}
-    else:
-        chosen, figures = backend, {}
-    return _checked_engine(model, chosen, precision, batch_size, cache, reference, figures)
+        figures = {c.label: c.images_per_second for c in table}
+        if winner is None and precision == "fast":
+            problems = "; ".join(f"{c.label}: {c.problem}" for c in table)
+            warnings.warn(f"imagezoo: no fast engine passed the guard ({problems}); "
+                          f"falling back to exact float32", stacklevel=2)
+            return optimize(model, "exact", "auto", batch_size, calibration, cache_dir, retune)
+        if winner is None:
+            return _checked_engine(model, "torch", "exact", batch_size, cache, reference, figures)
+        return _checked_engine(model, winner.backend, precision, batch_size, cache, reference,
+                               figures, (winner.numerics,))
+    return _checked_engine(model, backend, precision, batch_size, cache, reference, {})
 
 
-def _checked_engine(model, backend, precision, batch_size, cache, reference: Reference, figures) -> Engine:
+def _checked_engine(model, backend, precision, batch_size, cache, reference: "Reference", figures,
+                    fast_numerics: tuple[str, ...] | None = None) -> Engine:
+    """``backend``'s first fast numerics that passes the guard, else its float32 engine if that
+    passes the exact check, else eager PyTorch (with the reason as ``note``)."""
     card = model.card
     checks = CheckRecord(cache)
     if precision == "fast":
-        try:
-            run = _built_and_checked(backend, model, "fast", batch_size, cache, reference, checks)
-            problem = None
-        except EngineRejected as rejection:
-            run, problem = None, str(rejection)
-        except Exception as error:  # any backend failure falls back, never crashes a run
-            run, problem = None, f"{type(error).__name__}: {error}"[:300]
-        if problem is None:
-            return Engine(run, backend, "fast", card, figures)
-        warnings.warn(f"imagezoo: the fast {backend} engine was not used ({problem}); "
+        problems = []
+        for numerics in fast_numerics or numerics_to_try(backend, "fast"):
+            try:
+                run = _built_and_checked(backend, model, numerics, batch_size, cache, reference, checks)
+                return Engine(run, backend, "fast", card, figures, numerics=numerics)
+            except (BackendUnavailable, EngineRejected) as error:
+                problems.append(f"{numerics}: {error}" if numerics else str(error))
+            except Exception as error:  # any backend failure falls back, never crashes a run
+                problems.append(f"{numerics}: {type(error).__name__}: {error}"[:300])
+        reason = "; ".join(problems) or f"{backend} has no fast numerics"
+        warnings.warn(f"imagezoo: the fast {backend} engine was not used ({reason}); "
                       f"falling back to exact float32", stacklevel=3)
     try:
-        run = _built_and_checked(backend, model, "exact", batch_size, cache, reference, checks)
+        run = _built_and_checked(backend, model, "fp32", batch_size, cache, reference, checks)
         problem = None
     except (BackendUnavailable, EngineRejected) as error:
         run, problem = None, str(error)
@@ -151,7 +174,7 @@ def _checked_engine(model, backend, precision, batch_size, cache, reference: Ref
         run, problem = None, f"{type(error).__name__}: {error}"[:300]
     if problem is not None:
         log.warning("%s backend not used (%s); running eager PyTorch", backend, problem)
-        return Engine(build("torch", model, "exact", batch_size, cache, lambda: reference.samples),
+        return Engine(build("torch", model, "fp32", batch_size, cache, lambda: reference.samples),
                       "torch", "exact", card, figures, note=problem)
     return Engine(run, backend, "exact", card, figures)
 
@@ -160,17 +183,16 @@ class EngineRejected(ImagezooError):
     """An engine whose outputs miss the check of its precision."""
 
 
-def _built_and_checked(backend, model, precision, batch_size, cache, reference: Reference,
+def _built_and_checked(backend, model, numerics, batch_size, cache, reference: Reference,
                        checks: "CheckRecord"):
     """The engine, checked against eager PyTorch on the sample images unless the same engine
-    (same model digest, machine, library versions, backend, precision and batch size) passed
+    (same model digest, machine, library versions, backend, numerics and batch size) passed
     that check on an earlier run; inputs the caller gives are always checked."""
-    run = build(backend, model, precision, batch_size, cache, lambda: reference.samples)
-    key = f"{backend}/{precision}/batch{batch_size}"
+    run = build(backend, model, numerics, batch_size, cache, lambda: reference.samples)
+    key = f"{backend}/{numerics}/batch{batch_size}"
     if not reference.user_given and checks.passed(key):
         return run
-    check = exact_problem if precision == "exact" else fast_problem
-    problem = check(run(reference.samples), reference.logits)
+    problem = check_problem(numerics, run(reference.samples), reference.logits)
     if problem is not None:
         raise EngineRejected(problem)
     if not reference.user_given:
@@ -198,6 +220,11 @@ class CheckRecord:
         records[key] = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps(records, indent=2))
+
+
+def check_problem(numerics: str, logits: torch.Tensor, reference: torch.Tensor) -> str | None:
+    """The exact check for float32 engines, the fast guard for the others."""
+    return (exact_problem if numerics == "fp32" else fast_problem)(logits, reference)
 
 
 def exact_problem(logits: torch.Tensor, reference: torch.Tensor) -> str | None:
@@ -236,7 +263,8 @@ def is_tuned(model: nn.Module, precision: str, batch_size: int, cache_dir=None) 
 
 def tuning_table(model, precision, batch_size, cache, reference: Reference,
                  retune=False) -> list[Candidate]:
-    """Each backend timed at this batch size (cached in ``tuning.json`` beside the engines)."""
+    """Each backend (and, for fast, each of its numerics) timed at this batch size, cached in
+    ``tuning.json`` beside the engines."""
     record_path = cache / "tuning.json"
     key = f"{precision}/batch{batch_size}"
     records = json.loads(record_path.read_text()) if record_path.exists() else {}
@@ -245,25 +273,22 @@ def tuning_table(model, precision, batch_size, cache, reference: Reference,
     table = []
     example = torch.randn(batch_size, 3, *input_size(model), generator=torch.Generator().manual_seed(0))
     for backend in BACKENDS:
-        if precision == "fast" and backend == "torch":
-            continue
-        candidate = Candidate(backend, precision)
-        try:
-            run = build(backend, model, precision, batch_size, cache, lambda: reference.samples)
-            check = run(reference.samples)
-            candidate.problem = (fast_problem if precision == "fast" else exact_problem)(
-                check, reference.logits)
-            if candidate.problem is None and not reference.user_given:
-                CheckRecord(cache).record(f"{backend}/{precision}/batch{batch_size}")
-            if candidate.problem is None:
-                candidate.images_per_second = images_per_second(run, example)
-        except BackendUnavailable as error:
-            candidate.problem = str(error)
-        except Exception as error:  # a backend that breaks on this model is skipped, not fatal
-            candidate.problem = f"{type(error).__name__}: {error}"[:300]
-        log.info("engine %s/%s: %s", backend, precision,
-                 candidate.problem or f"{candidate.images_per_second:.1f} img/s")
-        table.append(candidate)
+        for numerics in numerics_to_try(backend, precision):
+            candidate = Candidate(backend, precision, numerics=numerics)
+            try:
+                run = build(backend, model, numerics, batch_size, cache, lambda: reference.samples)
+                candidate.problem = check_problem(numerics, run(reference.samples), reference.logits)
+                if candidate.problem is None:
+                    candidate.images_per_second = images_per_second(run, example)
+                    if not reference.user_given:
+                        CheckRecord(cache).record(f"{backend}/{numerics}/batch{batch_size}")
+            except BackendUnavailable as error:
+                candidate.problem = str(error)
+            except Exception as error:  # a backend that breaks on this model is skipped, not fatal
+                candidate.problem = f"{type(error).__name__}: {error}"[:300]
+            log.info("engine %s/%s: %s", candidate.label, precision,
+                     candidate.problem or f"{candidate.images_per_second:.1f} img/s")
+            table.append(candidate)
     records[key] = [c.__dict__ for c in table]
     cache.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record_path, json.dumps(records, indent=2))
