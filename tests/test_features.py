@@ -18,12 +18,7 @@ from imagezoo.data.transforms import resize_and_pad, ten_crop_images, to_tensor
 from imagezoo.models.resnet import ResNet, ResNetSpec
 from imagezoo.models.layers import UnknownLayerError, layer_aliases, list_layers
 from imagezoo.tasks.features import extract_features
-from conftest import shared_fixture
-
-
-def stage_tolerance(expected: np.ndarray) -> dict:
-    # 0-255 models have feature maps near 900 where float32 rounding alone passes 1e-4.
-    return {"rtol": 1e-4, "atol": max(1e-4, 1e-5 * float(np.abs(expected).max()))}
+from conftest import shared_fixture, stage_tolerance
 
 
 def test_torchvision_stages_from_a_tensor():

@@ -19,6 +19,7 @@ from imagezoo.models.resnet import ResNetSpec
 from imagezoo.weights.paddle_v1 import folder_sha256, is_paddle_v1_folder, read_paddle_v1
 from imagezoo.weights.torch_state import load_state_dict
 from paddle_writer import random_resnet, write_paddle_v1, write_parameter_file
+from conftest import assert_stage_map_close
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT.parent / "shared" / "fixtures"
@@ -86,8 +87,7 @@ def test_fixture_reproduces_reference_outputs(reference):
     np.testing.assert_allclose(pooled.numpy(), expected["pooled"], rtol=1e-4, atol=1e-4)
     for stage in range(1, 5):
         key = f"stage{stage}"
-        np.testing.assert_allclose(captured[key].numpy(), expected[key], rtol=1e-4, atol=1e-4,
-                                   err_msg=key)
+        assert_stage_map_close(captured[key].numpy(), expected[key], key)
 
 
 def test_fixture_preprocessing_matches_reference_input(reference):

@@ -16,6 +16,7 @@ from .errors import ImagezooError
 from .loader import load_model
 from .models.registry import DEFAULT_MODEL, MODELS
 from .tasks.classify import Prediction, classify, resolve_device
+from .data.batches import INFERENCE_BATCH
 from .data.sources import expand_sources
 from .models.layers import list_layers, resolve_layers
 from .tasks.convert import convert, inspect_weights
@@ -202,7 +203,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
+    parser.add_argument("--batch-size", type=positive_int, default=INFERENCE_BATCH, metavar="N",
+                        help=f"images per forward pass (default {INFERENCE_BATCH})")
     parser.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
                         help="decoding processes (default: up to 4, none for a single image)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

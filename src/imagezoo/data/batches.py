@@ -57,14 +57,24 @@ def collate(items) -> Batch:
     return Batch([index for index, _ in good], tensor, failures)
 
 
+# The batch size of the inference commands. Small batches keep the pipeline full: the model
+# starts on the first images while the workers decode the next ones, and a run ends with one
+# small batch rather than a large one on a single core. Measured here (2 cores, 64 photos of
+# 1600x1200, EfficientNet-Lite0 fast): 121 img/s at batch 8 against 89 at batch 32, and the
+# engines run batch 8 at nearly their batch-32 rate per image.
+INFERENCE_BATCH = 8
+
+
 def default_workers(count: int) -> int:
     """Decode in the main process for one image (no start-up cost), else in one worker per
-    core but one (up to 4): the remaining core's worth is left to the model, whose own
-    threads run in the main process, so decoding and the forward pass overlap without
-    crowding each other out."""
+    core (up to 4). Each worker has one thread; the model keeps its threads in the main
+    process. Decoding and the forward pass take turns on the cores rather than running side
+    by side: the workers fill a few batches ahead and then wait while the model runs. Measured
+    here (2 cores): 2 workers beat 1 for a decode-bound model (EfficientNet-Lite0 exact 52
+    against 42 img/s) and for a model-bound one (ResNet-50 exact 23.8 against 22.1)."""
     if count <= 1:
         return 0
-    return max(1, min(4, (os.cpu_count() or 1) - 1))
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _one_thread_per_worker(_: int) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..card import ModelCard
-from ..data.batches import ImageDataset, image_batches
+from ..data.batches import INFERENCE_BATCH, ImageDataset, image_batches
 from ..data.images import load_image, to_rgb
 from ..data.sources import expand_sources
 from ..data.transforms import preprocess_image, preprocess_ten_crop
@@ -93,7 +93,7 @@ def class_probabilities(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 
 def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.PathLike], top: int = 5,
-             batch_size: int = 32, workers: int | None = None, device: str = "auto",
+             batch_size: int = INFERENCE_BATCH, workers: int | None = None, device: str = "auto",
              progress: bool = False, ten_crop: bool = False, draft: bool = False) -> list[Prediction]:
     """Classify every image named by ``inputs`` (files, folders, list files, URLs).
 

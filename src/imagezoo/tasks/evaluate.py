@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..card import ModelCard
-from ..data.batches import image_batches
+from ..data.batches import INFERENCE_BATCH, image_batches
 from ..data.datasets import (
     LabelledSet, class_folder_names, read_class_folders, read_classes_file, read_mapping_file,
 )
@@ -65,7 +65,7 @@ class Evaluation:
 
 
 def evaluate(model: nn.Module, dataset: str | os.PathLike | LabelledSet, top: int = 5,
-             ten_crop: bool = False, batch_size: int = 32, workers: int | None = None,
+             ten_crop: bool = False, batch_size: int = INFERENCE_BATCH, workers: int | None = None,
              device: str = "auto", progress: bool = False,
              classes_file: str | os.PathLike | None = None) -> Evaluation:
     """Measure top-1 and top-``top`` accuracy of ``model`` on a labelled set.

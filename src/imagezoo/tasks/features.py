@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data.batches import image_batches
+from ..data.batches import INFERENCE_BATCH, image_batches
 from ..data.sources import expand_sources
 from ..models.layers import LayerRef, named_layers, resolve_layers
 from .classify import image_dataset, resolve_device, show_progress
@@ -80,7 +80,7 @@ class FeatureBatch:
 
 
 def iter_features(model: nn.Module, sources: list[str], layers: list[str], pool: str | None = None,
-                  ten_crop: bool = False, batch_size: int = 32, workers: int | None = None,
+                  ten_crop: bool = False, batch_size: int = INFERENCE_BATCH, workers: int | None = None,
                   device: str = "auto", progress: bool = False) -> Iterator[FeatureBatch]:
     """Feature batches in input order: memory stays bounded by one batch, whatever the count."""
     if pool is not None and pool not in POOLS:
@@ -109,7 +109,7 @@ class FeatureSet(dict):
 
 def extract_features(model: nn.Module, inputs: torch.Tensor | str | os.PathLike | Iterable,
                      layers: list[str] | str, pool: str | None = None, ten_crop: bool = False,
-                     batch_size: int = 32, workers: int | None = None, device: str = "auto",
+                     batch_size: int = INFERENCE_BATCH, workers: int | None = None, device: str = "auto",
                      progress: bool = False) -> FeatureSet:
     """The outputs of ``layers`` for ``inputs``, in memory.
 
