@@ -902,7 +902,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = QUICK if args.quick else FULL
-    assert settings.e2e_batch in settings.batch_sizes
+    assert settings.model_only_batch in settings.batch_sizes
     torch.set_num_threads(os.cpu_count() or 1)   # explicit, as imagezoo's CLI sees it
     load_before = os.getloadavg()[0]
     other = OtherLoad()
