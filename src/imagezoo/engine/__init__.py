@@ -350,9 +350,15 @@ def model_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+# Bumped whenever the way engines are built or checked changes, so that caches (files and
+# check records) made the old way are not reused.
+ENGINE_FORMAT = 2
+
+
 def machine_facts() -> dict:
     facts = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-             "torch": torch.__version__, "python": platform.python_version()}
+             "torch": torch.__version__, "python": platform.python_version(),
+             "engine_format": ENGINE_FORMAT}
     for package in ("onnxruntime", "openvino"):
         try:  # the installed version, without paying for importing the package
             facts[package] = metadata.version(package)
