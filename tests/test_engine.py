@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import warnings
 
 import numpy as np
@@ -91,6 +92,27 @@ def test_fast_engine_that_disagrees_falls_back_to_exact(lite0, monkeypatch, tmp_
     assert (engine.backend, engine.precision) == ("onnxruntime", "exact")
 
 
+def test_calibration_the_model_cannot_run_fails_at_once_and_caches_nothing(lite0, tmp_path):
+    with pytest.raises(RuntimeError, match="channels"):
+        optimize(lite0, backend="auto", calibration=torch.zeros(2, 4, 224, 224), cache_dir=tmp_path)
+    assert not (engine_cache(lite0, tmp_path) / "tuning.json").exists()
+
+
+def test_a_rebuilt_engine_file_is_checked_again(lite0, monkeypatch, tmp_path):
+    optimize(lite0, backend="onnxruntime", batch_size=2, cache_dir=tmp_path)
+    decoded = []
+    real = imagezoo.engine.sample_inputs
+    monkeypatch.setattr("imagezoo.engine.sample_inputs", lambda m: decoded.append(1) or real(m))
+    optimize(lite0, backend="onnxruntime", batch_size=2, cache_dir=tmp_path)
+    assert decoded == []                       # recorded: no check
+    onnx_file = engine_cache(lite0, tmp_path) / "model.onnx"
+    os.utime(onnx_file, ns=(onnx_file.stat().st_atime_ns, onnx_file.stat().st_mtime_ns + 10**9))
+    optimize(lite0, backend="onnxruntime", batch_size=2, cache_dir=tmp_path)
+    assert decoded == [1]                      # the file changed: checked again
+    optimize(lite0, backend="onnxruntime", batch_size=2, cache_dir=tmp_path, retune=True)
+    assert decoded == [1, 1]                   # --retune checks again too
+
+
 def test_openvino_fast_tries_int8_then_bfloat16(lite0, monkeypatch, tmp_path):
     """int8 comes first (the fastest here); when it misses the guard, bf16 is tried next."""
     real_build = backends.build
@@ -113,7 +135,7 @@ def test_a_checked_engine_loads_without_the_eager_model_next_time(lite0, photos,
     first = optimize(lite0, precision="fast", backend="torch-fast", batch_size=4, cache_dir=tmp_path)
     assert first.precision == "fast"
     checked = json.loads((engine_cache(lite0, tmp_path) / "checked.json").read_text())
-    assert checked == {"torch-fast/bf16/batch4": True}
+    assert checked == {"torch-fast/bf16/batch4": {"passed": True, "files": []}}
 
     def no_samples(model):
         raise AssertionError("the sample photos were decoded again")

@@ -394,8 +394,9 @@ def run_engines(args: argparse.Namespace) -> int:
     engine = optimize(model, precision=args.precision, backend="auto",
                       batch_size=args.batch_size, retune=args.retune)
     from .engine import engine_cache
+    # A fast run whose every engine missed the guard fell back to exact: show that table.
     table = json.loads((engine_cache(model) / "tuning.json").read_text())[
-        f"{args.precision}/batch{args.batch_size}"]
+        f"{engine.precision}/batch{args.batch_size}"]
     if args.json:
         print(json.dumps({"chosen": engine.backend, "precision": engine.precision,
                           "numerics": engine.numerics, "table": table}))
@@ -447,7 +448,10 @@ def run() -> None:
         # a race in PyTorch's gloo backend, whose threads can abort a finalising worker (see
         # tasks/distributed.py), which torchrun would report as a failed run.
         logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:  # the reader has gone (| head): nothing more to deliver
+                pass
         os._exit(code)
     sys.exit(code)

@@ -39,7 +39,9 @@ from torch import nn
 from ..errors import ImagezooError
 from ..fileio import atomic_write_text
 from ..weights.store import resolve_cache_dir
-from .backends import BACKENDS, FAST_NUMERICS, BackendUnavailable, build, input_size
+from ..data.batches import INFERENCE_BATCH
+from .backends import (BACKENDS, FAST_NUMERICS, BackendUnavailable, build, engine_files,
+                       input_size)
 
 log = logging.getLogger(__name__)
 
@@ -126,35 +128,43 @@ def optimize(model: nn.Module, precision: str = "exact", backend: str = "auto",
     if backend != "auto" and backend not in BACKENDS:
         raise ImagezooError(f"backend must be auto or one of {', '.join(BACKENDS)}, not {backend!r}")
     model = model.eval()
-    batch_size = batch_size or 32
+    batch_size = batch_size or INFERENCE_BATCH
     cache = engine_cache(model, cache_dir)
     reference = Reference(model, calibration)
-    if backend == "auto":
-        table = tuning_table(model, precision, batch_size, cache, reference, retune)
-        winner = min((c for c in table if c.images_per_second),
-                     key=lambda c: 1.0 / c.images_per_second, default=None)
-        figures = {c.label: c.images_per_second for c in table}
-        if winner is None and precision == "fast":
-            problems = "; ".join(f"{c.label}: {c.problem}" for c in table)
-            warnings.warn(f"imagezoo: no fast engine passed the guard ({problems}); "
-                          f"falling back to exact float32", stacklevel=2)
-            return optimize(model, "exact", "auto", batch_size, calibration, cache_dir, retune)
-        if winner is None:
-            return _checked_engine(model, "torch", "exact", batch_size, cache, reference, figures)
-        return _checked_engine(model, winner.backend, precision, batch_size, cache, reference,
-                               figures, (winner.numerics,))
-    return _checked_engine(model, backend, precision, batch_size, cache, reference, {})
+    if reference.user_given:
+        reference.logits  # images the caller gives must run in the model: fail here if not
+    checks = CheckRecord(cache, trust=not reference.user_given and not retune)
+    if backend != "auto":
+        return _checked_engine(model, backend, precision, batch_size, cache, reference, checks, {})
+    table = tuning_table(model, precision, batch_size, cache, reference, retune)
+    figures = {c.label: c.images_per_second for c in table}
+    ranked = sorted((c for c in table if c.images_per_second), key=lambda c: -c.images_per_second)
+    if precision == "exact":
+        chosen = ranked[0].backend if ranked else "torch"
+        return _checked_engine(model, chosen, "exact", batch_size, cache, reference, checks, figures)
+    problems = [f"{c.label}: {c.problem}" for c in table if c.problem]
+    for candidate in ranked:  # the fastest fast engine that passes its guard now
+        try:
+            run = _built_and_checked(candidate.backend, model, candidate.numerics, batch_size,
+                                     cache, reference, checks)
+            return Engine(run, candidate.backend, "fast", model.card, figures,
+                          numerics=candidate.numerics)
+        except Exception as error:  # any backend failure falls back, never crashes a run
+            problems.append(f"{candidate.label}: {type(error).__name__}: {error}"[:300])
+    warnings.warn(f"imagezoo: no fast engine passed the guard ({'; '.join(problems)}); "
+                  f"falling back to exact float32", stacklevel=2)
+    return optimize(model, "exact", "auto", batch_size, calibration, cache_dir, retune)
 
 
-def _checked_engine(model, backend, precision, batch_size, cache, reference: "Reference", figures,
-                    fast_numerics: tuple[str, ...] | None = None) -> Engine:
-    """``backend``'s first fast numerics that passes the guard, else its float32 engine if that
-    passes the exact check, else eager PyTorch (with the reason as ``note``)."""
+def _checked_engine(model, backend, precision, batch_size, cache, reference: "Reference",
+                    checks: "CheckRecord", figures) -> Engine:
+    """``backend``'s first fast numerics (in ``FAST_NUMERICS`` order) that passes the guard,
+    else its float32 engine if that passes the exact check, else eager PyTorch (with the
+    reason as ``note``)."""
     card = model.card
-    checks = CheckRecord(cache)
     if precision == "fast":
         problems = []
-        for numerics in fast_numerics or numerics_to_try(backend, "fast"):
+        for numerics in numerics_to_try(backend, "fast"):
             try:
                 run = _built_and_checked(backend, model, numerics, batch_size, cache, reference, checks)
                 return Engine(run, backend, "fast", card, figures, numerics=numerics)
@@ -186,25 +196,29 @@ class EngineRejected(ImagezooError):
 def _built_and_checked(backend, model, numerics, batch_size, cache, reference: Reference,
                        checks: "CheckRecord"):
     """The engine, checked against eager PyTorch on the sample images unless the same engine
-    (same model digest, machine, library versions, backend, numerics and batch size) passed
-    that check on an earlier run; inputs the caller gives are always checked."""
+    (same model digest, machine, library versions, backend, numerics, batch size and engine
+    files) passed that check on an earlier run; inputs the caller gives are always checked."""
     run = build(backend, model, numerics, batch_size, cache, lambda: reference.samples)
     key = f"{backend}/{numerics}/batch{batch_size}"
-    if not reference.user_given and checks.passed(key):
+    files = engine_files(backend, numerics, batch_size, cache)
+    if checks.passed(key, files):
+        run(torch.zeros(1, 3, *input_size(model)))  # still fails here, not in the caller, if broken
         return run
     problem = check_problem(numerics, run(reference.samples), reference.logits)
+    checks.record(key, files, problem is None)
     if problem is not None:
         raise EngineRejected(problem)
-    if not reference.user_given:
-        checks.record(key)
     return run
 
 
 class CheckRecord:
-    """``checked.json`` in the engine cache: the engines that passed their check here."""
+    """``checked.json`` in the engine cache: which engines passed their check here, each with
+    the size and modification time of the files it was built from, so that a file rebuilt or
+    replaced since is checked again. Only checks on the sample photos count (``trust``)."""
 
-    def __init__(self, cache: Path):
+    def __init__(self, cache: Path, trust: bool = True):
         self.path = cache / "checked.json"
+        self.trust = trust
 
     def _read(self) -> dict:
         try:
@@ -212,14 +226,23 @@ class CheckRecord:
         except (OSError, ValueError):
             return {}
 
-    def passed(self, key: str) -> bool:
-        return self._read().get(key) is True
+    @staticmethod
+    def _stamp(files: list[Path]) -> list:
+        return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()]
 
-    def record(self, key: str) -> None:
+    def passed(self, key: str, files: list[Path]) -> bool:
+        return self.trust and self._read().get(key) == {"passed": True, "files": self._stamp(files)}
+
+    def record(self, key: str, files: list[Path], passed: bool) -> None:
+        if not self.trust:
+            return
         records = self._read()
-        records[key] = True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps(records, indent=2))
+        records[key] = {"passed": passed, "files": self._stamp(files)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps(records, indent=2))
+        except OSError as error:  # a read-only cache costs a check next time, nothing more
+            log.warning("could not record the engine check in %s: %s", self.path, error)
 
 
 def check_problem(numerics: str, logits: torch.Tensor, reference: torch.Tensor) -> str | None:
@@ -271,6 +294,7 @@ def tuning_table(model, precision, batch_size, cache, reference: Reference,
     if key in records and not retune:
         return [Candidate(**c) for c in records[key]]
     table = []
+    reference.logits  # the eager model must run on the samples: fail here, not per backend
     example = torch.randn(batch_size, 3, *input_size(model), generator=torch.Generator().manual_seed(0))
     for backend in BACKENDS:
         for numerics in numerics_to_try(backend, precision):
@@ -278,10 +302,11 @@ def tuning_table(model, precision, batch_size, cache, reference: Reference,
             try:
                 run = build(backend, model, numerics, batch_size, cache, lambda: reference.samples)
                 candidate.problem = check_problem(numerics, run(reference.samples), reference.logits)
+                CheckRecord(cache, trust=not reference.user_given).record(
+                    f"{backend}/{numerics}/batch{batch_size}",
+                    engine_files(backend, numerics, batch_size, cache), candidate.problem is None)
                 if candidate.problem is None:
                     candidate.images_per_second = images_per_second(run, example)
-                    if not reference.user_given:
-                        CheckRecord(cache).record(f"{backend}/{numerics}/batch{batch_size}")
             except BackendUnavailable as error:
                 candidate.problem = str(error)
             except Exception as error:  # a backend that breaks on this model is skipped, not fatal

@@ -68,6 +68,15 @@ def build(backend: str, model: nn.Module, numerics: str, batch_size: int, cache:
     return _openvino(model, numerics, cache, calibration)
 
 
+def engine_files(backend: str, numerics: str, batch_size: int, cache: Path) -> list[Path]:
+    """The cached files the engine ``build`` makes for these arguments is built from."""
+    if backend == "torch-fast" and numerics == "fp32":
+        return [cache / f"torch-fast-b{min(batch_size, TORCH_CHUNK)}.pt"]
+    if backend in ("onnxruntime", "openvino"):
+        return [cache / ("model.int8.onnx" if numerics == "int8" else "model.onnx")]
+    return []
+
+
 # PyTorch's CPU kernels run a large batch much slower per image than a few small ones
 # (ResNet-50 here: 15 img/s at batch 32, 25 img/s as four batches of 8): the big activation
 # buffers go back to the operating system after every call and fault in again. The torch
@@ -101,7 +110,7 @@ def _torch_fast(model: nn.Module, numerics: str, batch_size: int, cache: Path) -
         return in_chunks(run_bf16)
     chunk = min(batch_size, TORCH_CHUNK)
     example = torch.zeros(chunk, 3, *input_size(model)).to(memory_format=torch.channels_last)
-    graph_file = cache / f"torch-fast-b{chunk}.pt"
+    graph_file, = engine_files("torch-fast", "fp32", batch_size, cache)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if graph_file.exists():  # built by an earlier run: no tracing to pay for again
@@ -235,4 +244,5 @@ def _openvino(model: nn.Module, numerics: str, cache: Path,
     return run
 
 
-__all__ = ["BACKENDS", "FAST_NUMERICS", "BackendUnavailable", "build", "input_size", "onnx_file"]
+__all__ = ["BACKENDS", "FAST_NUMERICS", "BackendUnavailable", "build", "engine_files", "input_size",
+           "onnx_file"]
