@@ -93,7 +93,7 @@ class Candidate:
 
 
 def numerics_to_try(backend: str, precision: str) -> tuple[str, ...]:
-    """What ``backend`` computes in for ``precision``, the fastest first."""
+    """What ``backend`` computes in for ``precision``, in the order they are tried."""
     return ("fp32",) if precision == "exact" else FAST_NUMERICS[backend]
 
 
@@ -133,10 +133,10 @@ def optimize(model: nn.Module, precision: str = "exact", backend: str = "auto",
     reference = Reference(model, calibration)
     if reference.user_given:
         reference.logits  # images the caller gives must run in the model: fail here if not
-    checks = CheckRecord(cache, trust=not reference.user_given and not retune)
+    checks = CheckRecord(cache, on_samples=not reference.user_given, reuse=not retune)
     if backend != "auto":
         return _checked_engine(model, backend, precision, batch_size, cache, reference, checks, {})
-    table = tuning_table(model, precision, batch_size, cache, reference, retune)
+    table = tuning_table(model, precision, batch_size, cache, reference, checks, retune)
     figures = {c.label: c.images_per_second for c in table}
     ranked = sorted((c for c in table if c.images_per_second), key=lambda c: -c.images_per_second)
     if precision == "exact":
@@ -169,7 +169,7 @@ def _checked_engine(model, backend, precision, batch_size, cache, reference: "Re
                 run = _built_and_checked(backend, model, numerics, batch_size, cache, reference, checks)
                 return Engine(run, backend, "fast", card, figures, numerics=numerics)
             except (BackendUnavailable, EngineRejected) as error:
-                problems.append(f"{numerics}: {error}" if numerics else str(error))
+                problems.append(f"{numerics}: {error}")
             except Exception as error:  # any backend failure falls back, never crashes a run
                 problems.append(f"{numerics}: {type(error).__name__}: {error}"[:300])
         reason = "; ".join(problems) or f"{backend} has no fast numerics"
@@ -214,11 +214,13 @@ def _built_and_checked(backend, model, numerics, batch_size, cache, reference: R
 class CheckRecord:
     """``checked.json`` in the engine cache: which engines passed their check here, each with
     the size and modification time of the files it was built from, so that a file rebuilt or
-    replaced since is checked again. Only checks on the sample photos count (``trust``)."""
+    replaced since is checked again. Only checks on the sample photos are recorded
+    (``on_samples``); ``reuse=False`` (a retune) checks again whatever the record says."""
 
-    def __init__(self, cache: Path, trust: bool = True):
+    def __init__(self, cache: Path, on_samples: bool = True, reuse: bool = True):
         self.path = cache / "checked.json"
-        self.trust = trust
+        self.on_samples = on_samples
+        self.reuse = reuse
 
     def _read(self) -> dict:
         try:
@@ -231,10 +233,11 @@ class CheckRecord:
         return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()]
 
     def passed(self, key: str, files: list[Path]) -> bool:
-        return self.trust and self._read().get(key) == {"passed": True, "files": self._stamp(files)}
+        return (self.on_samples and self.reuse
+                and self._read().get(key) == {"passed": True, "files": self._stamp(files)})
 
     def record(self, key: str, files: list[Path], passed: bool) -> None:
-        if not self.trust:
+        if not self.on_samples:
             return
         records = self._read()
         records[key] = {"passed": passed, "files": self._stamp(files)}
@@ -284,7 +287,7 @@ def is_tuned(model: nn.Module, precision: str, batch_size: int, cache_dir=None) 
     return record_path.exists() and f"{precision}/batch{batch_size}" in json.loads(record_path.read_text())
 
 
-def tuning_table(model, precision, batch_size, cache, reference: Reference,
+def tuning_table(model, precision, batch_size, cache, reference: Reference, checks: CheckRecord,
                  retune=False) -> list[Candidate]:
     """Each backend (and, for fast, each of its numerics) timed at this batch size, cached in
     ``tuning.json`` beside the engines."""
@@ -300,14 +303,10 @@ def tuning_table(model, precision, batch_size, cache, reference: Reference,
         for numerics in numerics_to_try(backend, precision):
             candidate = Candidate(backend, precision, numerics=numerics)
             try:
-                run = build(backend, model, numerics, batch_size, cache, lambda: reference.samples)
-                candidate.problem = check_problem(numerics, run(reference.samples), reference.logits)
-                CheckRecord(cache, trust=not reference.user_given).record(
-                    f"{backend}/{numerics}/batch{batch_size}",
-                    engine_files(backend, numerics, batch_size, cache), candidate.problem is None)
-                if candidate.problem is None:
-                    candidate.images_per_second = images_per_second(run, example)
-            except BackendUnavailable as error:
+                run = _built_and_checked(backend, model, numerics, batch_size, cache, reference,
+                                         checks)
+                candidate.images_per_second = images_per_second(run, example)
+            except (BackendUnavailable, EngineRejected) as error:
                 candidate.problem = str(error)
             except Exception as error:  # a backend that breaks on this model is skipped, not fatal
                 candidate.problem = f"{type(error).__name__}: {error}"[:300]

@@ -15,7 +15,7 @@
   misses the guard, asks for bfloat16 inference.
 
 Numerics: ``fp32`` is what ``exact`` runs; ``FAST_NUMERICS`` lists what each backend tries for
-``fast``, fastest first.
+``fast``, in order (int8 before bf16: the faster where both run).
 
 A backend whose Python package is missing raises ``BackendUnavailable`` with the package to
 install; ``optimize`` skips it with that message.
