@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install clean browser
 
 install: $(STAMP)
 
@@ -22,9 +22,17 @@ run: $(STAMP)
 # The engine tests load OpenVINO; in one long pytest process beside everything else the
 # process twice died of a segmentation fault in a later, unrelated test (never reproduced in
 # isolation), so they run in a process of their own.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q --ignore=tests/test_engine.py
 	$(BIN)/python -m pytest -q tests/test_engine.py
+
+# The web page test drives Debian's Chromium (Playwright's own browser download cannot work
+# offline). Installed when missing and this is root with apt-get; otherwise the test says how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; } \
+		|| echo "make: Chromium is missing; the web page test is skipped, or fails under CI (apt-get install chromium)"; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_classify.py

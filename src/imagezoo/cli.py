@@ -28,6 +28,7 @@ from .engine.backends import BACKENDS
 from .export import OnnxModel
 from .tasks.feature_files import open_writer
 from .tasks.features import POOLS, iter_features
+from .serve import DEFAULT_HOST, DEFAULT_PORT, require_server_packages, serve
 
 PUBLISHERS = ("torchvision", "matconvnet", "paddle_v1")
 
@@ -173,6 +174,26 @@ def build_parser() -> argparse.ArgumentParser:
     engines_parser.add_argument("--json", action="store_true")
     engines_parser.set_defaults(handler=run_engines, pretrained=None, verify=False)
 
+    serve_parser = commands.add_parser(
+        "serve", help="serve a model over HTTP with an upload page",
+        description="Serve a model: an upload page at http://HOST:PORT/ and a JSON API "
+                    "(POST /api/classify with a multipart 'file', GET /api/model; the "
+                    "OpenAPI page is /docs). Runs on the CPU until Ctrl-C.")
+    serve_parser.add_argument("model_path", nargs="?", default=None, metavar="MODEL",
+                              help="a model name, folder or weight file (same as --model)")
+    add_model_options(serve_parser)
+    serve_parser.add_argument("--host", default=DEFAULT_HOST,
+                              help=f"address to listen on (default {DEFAULT_HOST}, this machine "
+                                   "only; 0.0.0.0 for the network: there is no authentication)")
+    serve_parser.add_argument("--port", type=non_negative_int, default=DEFAULT_PORT,
+                              help=f"default {DEFAULT_PORT}")
+    serve_parser.add_argument("--top", type=positive_int, default=5, metavar="K",
+                              help="classes per answer unless the request asks (?top=K)")
+    serve_parser.add_argument("--ten-crop", action="store_true")
+    add_engine_options(serve_parser)
+    # One upload per forward pass, on the CPU: the engine is tuned for batch 1.
+    serve_parser.set_defaults(handler=run_serve, batch_size=1, device="cpu")
+
     models_parser = commands.add_parser("models", help="list the model names imagezoo knows")
     models_parser.set_defaults(handler=run_models)
     return parser
@@ -271,6 +292,21 @@ def model_from_args(args: argparse.Namespace):
         return load_model(args.weights)
     return load_model(args.model or DEFAULT_MODEL, weights=args.weights,
                       pretrained=args.pretrained, verify=args.verify)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    require_server_packages()  # before minutes of tuning, not after
+    if args.model_path is not None:
+        if args.model is not None:
+            raise ImagezooError("name the model once: MODEL or --model, not both")
+        args.model = args.model_path
+    model = engine_from_args(args, model_from_args(args), count=1)
+    print(f"imagezoo: serving {model.card.name} ({getattr(model, 'backend', 'torch')}, "
+          f"{args.precision}) on http://{args.host}:{args.port}/  (Ctrl-C stops)",
+          file=sys.stderr, flush=True)
+    serve(model, host=args.host, port=args.port, top=args.top, ten_crop=args.ten_crop,
+          log_level="info" if args.verbose else "warning")
+    return EXIT_OK
 
 
 def run_features(args: argparse.Namespace) -> int:

@@ -92,6 +92,14 @@ def class_probabilities(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return torch.softmax(model(batch).float(), dim=1)
 
 
+def top_classes(probabilities: torch.Tensor, card: ModelCard, k: int) -> list[list[Ranked]]:
+    """Each row of an N x C probability matrix -> its ``k`` most likely classes, best first."""
+    values, classes = probabilities.topk(max(1, min(k, card.num_classes)), dim=1)
+    return [[Ranked(rank + 1, int(c), card.labels[int(c)], float(p))
+             for rank, (p, c) in enumerate(zip(value_row, class_row))]
+            for value_row, class_row in zip(values, classes)]
+
+
 def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.PathLike], top: int = 5,
              batch_size: int = INFERENCE_BATCH, workers: int | None = None, device: str = "auto",
              progress: bool = False, ten_crop: bool = False, draft: bool = False) -> list[Prediction]:
@@ -109,7 +117,6 @@ def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.Pat
     target = resolve_device(device)
     model = model.to(target).eval()
     results: list[Prediction | None] = [None] * len(sources)
-    k = max(1, min(top, card.num_classes))
     dataset = image_dataset(sources, card, ten_crop, draft)
     bar = tqdm(total=len(sources), unit="img", file=sys.stderr, disable=not show_progress(progress))
     with torch.inference_mode(), bar:
@@ -119,10 +126,24 @@ def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.Pat
                 results[index] = Prediction(sources[index], error=message)
             if batch.tensor is not None:
                 probabilities = class_probabilities(model, batch.tensor.to(target)).cpu()
-                values, classes = probabilities.topk(k, dim=1)
-                for row, index in enumerate(batch.indices):
-                    ranked = [Ranked(rank + 1, int(c), card.labels[int(c)], float(p))
-                              for rank, (p, c) in enumerate(zip(values[row], classes[row]))]
+                for index, ranked in zip(batch.indices, top_classes(probabilities, card, top)):
                     results[index] = Prediction(sources[index], predictions=ranked)
             bar.update(len(batch.indices) + len(batch.failures))
     return results
+
+
+def classify_image(model: nn.Module, image: Image.Image | np.ndarray, top: int = 5,
+                   ten_crop: bool = False) -> list[Ranked]:
+    """One image already in memory (a Pillow image or H x W x 3 uint8 array) -> its top
+    classes; what the server runs for each upload. The model stays where it is."""
+    card: ModelCard = model.card
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    transform = preprocess_ten_crop if ten_crop else preprocess_image
+    batch = transform(to_rgb(image), card.preprocess).unsqueeze(0)
+    parameter = next(model.parameters(), None)
+    if parameter is not None:
+        batch = batch.to(parameter.device)
+    with torch.inference_mode():
+        probabilities = class_probabilities(model, batch).cpu()
+    return top_classes(probabilities, card, top)[0]
