@@ -76,8 +76,8 @@ def test_batch_norm_folding_is_exact_within_float32():
 def scrambling_fast_engines(monkeypatch):
     real_build = backends.build
 
-    def scrambled(backend, model, numerics, batch_size, cache, calibration):
-        run = real_build(backend, model, numerics, batch_size, cache, calibration)
+    def scrambled(backend, model, numerics, *rest):
+        run = real_build(backend, model, numerics, *rest)
         if numerics != "fp32":
             return lambda x: run(x).roll(1, dims=1)  # every top-1 moves to the next class
         return run
@@ -118,9 +118,9 @@ def test_openvino_fast_tries_int8_then_bfloat16(lite0, monkeypatch, tmp_path):
     real_build = backends.build
     built = []
 
-    def int8_scrambled(backend, model, numerics, batch_size, cache, calibration):
+    def int8_scrambled(backend, model, numerics, *rest):
         built.append(numerics)
-        run = real_build(backend, model, numerics, batch_size, cache, calibration)
+        run = real_build(backend, model, numerics, *rest)
         return (lambda x: run(x).roll(1, dims=1)) if numerics == "int8" else run
 
     monkeypatch.setattr("imagezoo.engine.build", int8_scrambled)
@@ -128,6 +128,30 @@ def test_openvino_fast_tries_int8_then_bfloat16(lite0, monkeypatch, tmp_path):
     assert built == ["int8", "bf16"]
     assert (engine.backend, engine.precision, engine.numerics) == ("openvino", "fast", "bf16")
     assert (engine_cache(lite0, tmp_path) / "model.int8.onnx").exists()
+
+
+def test_own_calibration_images_get_their_own_int8_file(lite0, photos, tmp_path):
+    """An int8 file calibrated on the sample photos is never reused for a caller's own
+    calibration images, nor the other way round; the same images reuse their file."""
+    cache = engine_cache(lite0, tmp_path)
+    optimize(lite0, precision="fast", backend="onnxruntime", batch_size=2, cache_dir=tmp_path)
+    assert sorted(p.name for p in cache.glob("model.int8*.onnx")) == ["model.int8.onnx"]
+    own = photos[:3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # whether int8 passes on these photos is not the point
+        optimize(lite0, precision="fast", backend="onnxruntime", batch_size=2,
+                 calibration=own, cache_dir=tmp_path)
+    files = sorted(cache.glob("model.int8-*.onnx"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimize(lite0, precision="fast", backend="onnxruntime", batch_size=2,
+                 calibration=own.clone(), cache_dir=tmp_path)
+        optimize(lite0, precision="fast", backend="onnxruntime", batch_size=2,
+                 calibration=photos[2:], cache_dir=tmp_path)
+    assert files[0].stat().st_mtime_ns == stamp          # same images: the same file, reused
+    assert len(list(cache.glob("model.int8-*.onnx"))) == 2  # other images: a file of their own
 
 
 def test_a_checked_engine_loads_without_the_eager_model_next_time(lite0, photos, reference,

@@ -40,8 +40,8 @@ from ..errors import ImagezooError
 from ..fileio import atomic_write_text
 from ..weights.store import resolve_cache_dir
 from ..data.batches import INFERENCE_BATCH
-from .backends import (BACKENDS, FAST_NUMERICS, BackendUnavailable, build, engine_files,
-                       input_size)
+from .backends import (BACKENDS, FAST_NUMERICS, INT8_FILE, BackendUnavailable, build,
+                       engine_files, input_size)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,16 @@ class Reference:
     @cached_property
     def samples(self) -> torch.Tensor:
         return sample_inputs(self.model)
+
+    @cached_property
+    def int8_file(self) -> str:
+        """The cached int8 file these inputs calibrate: the caller's own images get one of
+        their own, named by their digest, instead of the one made from the sample photos."""
+        if not self.user_given:
+            return INT8_FILE
+        pixels = self.samples.detach().float().contiguous().cpu().numpy()
+        digest = hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+        return f"model.int8-{digest[:16]}.onnx"
 
     @cached_property
     def logits(self) -> torch.Tensor:
@@ -198,7 +208,8 @@ def _built_and_checked(backend, model, numerics, batch_size, cache, reference: R
     """The engine, checked against eager PyTorch on the sample images unless the same engine
     (same model digest, machine, library versions, backend, numerics, batch size and engine
     files) passed that check on an earlier run; inputs the caller gives are always checked."""
-    run = build(backend, model, numerics, batch_size, cache, lambda: reference.samples)
+    run = build(backend, model, numerics, batch_size, cache, lambda: reference.samples,
+                reference.int8_file)
     key = f"{backend}/{numerics}/batch{batch_size}"
     files = engine_files(backend, numerics, batch_size, cache)
     if checks.passed(key, files):

@@ -48,12 +48,17 @@ class BackendUnavailable(ImagezooError):
     """A backend that cannot run here (its package is missing or it cannot build the model)."""
 
 
+# The int8 file calibrated on the card's sample photos; a caller's own calibration images get
+# a file named by their digest, so neither is mistaken for the other.
+INT8_FILE = "model.int8.onnx"
+
+
 def build(backend: str, model: nn.Module, numerics: str, batch_size: int, cache: Path,
-          calibration: Callable[[], torch.Tensor]) -> Runner:
+          calibration: Callable[[], torch.Tensor], int8_file: str = INT8_FILE) -> Runner:
     """The runner of ``backend`` computing in ``numerics`` (fp32, bf16 or int8).
 
-    ``calibration()`` gives the sample images int8 quantisation is calibrated on (called only
-    when the quantised file is not in the cache yet)."""
+    ``calibration()`` gives the images int8 quantisation is calibrated on (called only when
+    the quantised file ``int8_file`` is not in the cache yet)."""
     if backend not in BACKENDS:
         raise ImagezooError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if numerics != "fp32" and numerics not in FAST_NUMERICS[backend]:
@@ -64,16 +69,17 @@ def build(backend: str, model: nn.Module, numerics: str, batch_size: int, cache:
     if backend == "torch-fast":
         return _torch_fast(model, numerics, batch_size, cache)
     if backend == "onnxruntime":
-        return _onnxruntime(model, numerics, cache, calibration)
-    return _openvino(model, numerics, cache, calibration)
+        return _onnxruntime(model, numerics, cache, calibration, int8_file)
+    return _openvino(model, numerics, cache, calibration, int8_file)
 
 
 def engine_files(backend: str, numerics: str, batch_size: int, cache: Path) -> list[Path]:
-    """The cached files the engine ``build`` makes for these arguments is built from."""
+    """The cached files the engine ``build`` makes for these arguments is built from (int8:
+    the file calibrated on the sample photos, the only one whose checks are recorded)."""
     if backend == "torch-fast" and numerics == "fp32":
         return [cache / f"torch-fast-b{min(batch_size, TORCH_CHUNK)}.pt"]
     if backend in ("onnxruntime", "openvino"):
-        return [cache / ("model.int8.onnx" if numerics == "int8" else "model.onnx")]
+        return [cache / (INT8_FILE if numerics == "int8" else "model.onnx")]
     return []
 
 
@@ -166,14 +172,14 @@ def _threads() -> int:
 
 
 def _onnxruntime(model: nn.Module, numerics: str, cache: Path,
-                 calibration: Callable[[], torch.Tensor]) -> Runner:
+                 calibration: Callable[[], torch.Tensor], int8_file: str) -> Runner:
     try:
         import onnxruntime as ort
     except ImportError:
         raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)") from None
     path = onnx_file(model, cache)
     if numerics == "int8":
-        path = _quantized(path, calibration)
+        path = _quantized(path, calibration, int8_file)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = _threads()
@@ -187,9 +193,10 @@ def _onnxruntime(model: nn.Module, numerics: str, cache: Path,
     return run
 
 
-def _quantized(path: Path, calibration: Callable[[], torch.Tensor]) -> Path:
-    """Static int8 quantisation (QDQ, per-channel weights, calibrated on sample images)."""
-    target = path.with_name("model.int8.onnx")
+def _quantized(path: Path, calibration: Callable[[], torch.Tensor], int8_file: str) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights, calibrated on ``calibration()``),
+    cached as ``int8_file`` beside the float file."""
+    target = path.with_name(int8_file)
     if target.exists():
         return target
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
@@ -217,7 +224,7 @@ def _quantized(path: Path, calibration: Callable[[], torch.Tensor]) -> Path:
 
 
 def _openvino(model: nn.Module, numerics: str, cache: Path,
-              calibration: Callable[[], torch.Tensor]) -> Runner:
+              calibration: Callable[[], torch.Tensor], int8_file: str) -> Runner:
     try:
         import openvino as ov
     except ImportError:
@@ -229,7 +236,7 @@ def _openvino(model: nn.Module, numerics: str, cache: Path,
               "INFERENCE_NUM_THREADS": _threads(), "PERFORMANCE_HINT": "LATENCY"}
     path = onnx_file(model, cache)
     if numerics == "int8":
-        path = _quantized(path, calibration)
+        path = _quantized(path, calibration, int8_file)
     try:
         compiled = core.compile_model(str(path), "CPU", config)
     except RuntimeError as error:
