@@ -2,23 +2,46 @@
 engine options, and the upload page driven in a real browser (Debian's Chromium)."""
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
+import json
 import os
+import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as skdata
 
-fastapi = pytest.importorskip("fastapi", reason="the serve extra is not installed")
+
+def needed(module: str, what: str):
+    """Import a test requirement; missing, it skips the test, except under CI, where every
+    test must run."""
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        message = f"{what} is not installed (make test installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
+needed("fastapi", "the serve extra (FastAPI)")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import imagezoo  # noqa: E402
 from imagezoo import cli  # noqa: E402
-from imagezoo.serve import create_app  # noqa: E402
+from imagezoo.serve import create_app, limits  # noqa: E402
 
 CAT_LABELS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -91,6 +114,85 @@ def test_upload_over_the_limit_is_refused(lite0, cat_jpeg):
                   "fits.jpg", cat_jpeg).status_code == 200
 
 
+def raw_post(url: str, headers: str, chunks) -> tuple[bytes, int]:
+    """POST by hand on a socket, sending ``chunks`` until the server answers or hangs up;
+    returns what the server answered (b"reset" when it reset the connection first) and how
+    many body bytes went out."""
+    host, port = url.split("//")[1].strip("/").split(":")
+    sent, answer = 0, b""
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(f"POST /api/classify HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
+        try:
+            for chunk in chunks:
+                connection.sendall(chunk)
+                sent += len(chunk)
+                connection.setblocking(False)
+                try:
+                    if connection.recv(1, socket.MSG_PEEK):
+                        break  # the server has answered
+                except BlockingIOError:
+                    pass
+                finally:
+                    connection.settimeout(5)
+            while piece := connection.recv(65536):
+                answer += piece
+        except (BrokenPipeError, ConnectionResetError):
+            # A server that hangs up on unread data resets the connection, which can discard
+            # its answer before the client reads it.
+            answer = answer or b"reset"
+        except socket.timeout:
+            pass  # the answer is complete; the server kept the connection open
+    return answer, sent
+
+
+def test_an_upload_past_the_limit_is_refused_while_it_streams_in(lite0, cat_jpeg):
+    """The 413 comes as soon as the limit is passed (or declared), not after the whole body
+    has been spooled to disk."""
+    with running(create_app(lite0, max_upload_bytes=100_000)) as url:
+        declared, sent = raw_post(url, "Content-Type: multipart/form-data; boundary=x\r\n"
+                                       "Content-Length: 640000000\r\n", [b"--x"])
+        assert declared.startswith(b"HTTP/1.1 413") and sent == 3
+        assert b"larger than the server's limit of 100000 bytes" in declared
+        head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n'
+        pieces = itertools.chain([head], itertools.repeat(b"\0" * 65536, 10_000))  # 640 MB
+        chunked = (b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
+        streamed, sent = raw_post(url, "Content-Type: multipart/form-data; boundary=x\r\n"
+                                       "Transfer-Encoding: chunked\r\n", chunked)
+        assert streamed.startswith(b"HTTP/1.1 413") or streamed == b"reset", streamed[:200]
+        assert sent < 20_000_000  # cut off near the limit, whatever the socket buffers held
+        with urllib.request.urlopen(url + "healthz", timeout=10) as answer:
+            assert answer.status == 200  # and the server goes on
+
+
+def test_images_too_big_or_too_elongated_are_refused_from_their_header(client, monkeypatch):
+    strip = io.BytesIO()
+    Image.new("RGB", (8000, 1)).save(strip, "PNG")   # 256 x 2,048,000 after the resize
+    answer = upload(client, "strip.png", strip.getvalue())
+    assert answer.status_code == 400
+    assert answer.json()["detail"] == "strip.png: 8000x1 is more elongated than the server accepts (50:1)"
+    monkeypatch.setattr(limits, "MAX_IMAGE_PIXELS", 200 * 200)
+    big = upload(client, "big.jpg", jpeg_bytes(np.zeros((300, 200, 3), np.uint8)))
+    assert big.status_code == 400
+    assert big.json()["detail"] == "big.jpg: 200x300 is over the server's limit of 0 megapixels"
+
+
+def test_a_model_in_training_mode_is_served_in_eval_mode(cat_jpeg):
+    model = imagezoo.load_model("efficientnet_lite0").train()
+    served = TestClient(create_app(model))
+    assert not model.training
+    assert upload(served, "chelsea.jpg", cat_jpeg).json()["predictions"][0]["label"] in CAT_LABELS
+
+
+def test_ten_crops_through_the_server_match_classify(lite0, cat_jpeg, tmp_path):
+    path = tmp_path / "chelsea.jpg"
+    path.write_bytes(cat_jpeg)
+    body = upload(TestClient(create_app(lite0, ten_crop=True)), "chelsea.jpg", cat_jpeg).json()
+    expected = imagezoo.classify(lite0, [path], workers=0, ten_crop=True)[0].predictions
+    assert [p["index"] for p in body["predictions"]] == [r.index for r in expected]
+    np.testing.assert_allclose([p["probability"] for p in body["predictions"]],
+                               [r.probability for r in expected], rtol=1e-5, atol=1e-7)
+
+
 def test_model_description_page_and_health(client):
     model = client.get("/api/model").json()
     assert model["name"] == "efficientnet_lite0" and model["classes"] == 1000
@@ -107,15 +209,15 @@ def test_cli_serve_runs_the_engine_it_is_asked_for(monkeypatch, cat_jpeg):
     started = {}
 
     def fake_serve(model, **options):  # what uvicorn would be handed, without blocking
-        started.update(model=model, **options)
+        started.update(model=model, address=options.pop("sock").getsockname(), **options)
 
     monkeypatch.setattr(cli, "serve", fake_serve)
     code = cli.main(["serve", "efficientnet_lite0", "--backend", "onnxruntime",
-                     "--precision", "exact", "--port", "8123", "--top", "3"])
+                     "--precision", "exact", "--port", "0", "--top", "3"])
     assert code == 0
     engine = started["model"]
     assert (engine.backend, engine.precision) == ("onnxruntime", "exact")
-    assert (started["host"], started["port"], started["top"]) == ("127.0.0.1", 8123, 3)
+    assert started["address"][0] == "127.0.0.1" and started["top"] == 3
     client = TestClient(create_app(engine, top=started["top"]))
     assert client.get("/api/model").json()["backend"] == "onnxruntime"
     body = upload(client, "chelsea.jpg", cat_jpeg).json()
@@ -127,12 +229,60 @@ def test_cli_serve_refuses_two_model_names(capsys):
     assert "name the model once" in capsys.readouterr().err
 
 
-@pytest.fixture
-def running_server(lite0):
-    """The app behind a real uvicorn server on a free port of 127.0.0.1."""
+def test_cli_serve_reports_a_port_in_use_before_loading_the_model(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "model_from_args", lambda args: pytest.fail("loaded the model"))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port)]) == 2
+    error = capsys.readouterr().err
+    assert f"imagezoo: error: cannot listen on 127.0.0.1:{port}: Address already in use" in error
+
+
+def test_the_serve_command_end_to_end(cat_jpeg):
+    """`imagezoo serve --port 0` in its own process: it says where it listens, answers
+    uploads, refuses requests addressed to another host name, and stops cleanly on Ctrl-C."""
+    process = subprocess.Popen([sys.executable, "-m", "imagezoo", "serve", "--port", "0",
+                                "--backend", "torch", "--top", "2"],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        match = re.search(r"serving efficientnet_lite0 \(torch, exact\) on (http://127\.0\.0\.1:\d+/)", line)
+        assert match, line
+        url = match.group(1)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "healthz", timeout=5) as answer:
+                    assert answer.read() == b'{"status":"ok"}'
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.1)
+        boundary = "imagezoo-test"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                f"filename=\"chelsea.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode() \
+            + cat_jpeg + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(url + "api/classify", data=body, headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            predictions = json.loads(answer.read())["predictions"]
+        assert len(predictions) == 2 and predictions[0]["label"] in CAT_LABELS
+        rebound = urllib.request.Request(url + "api/model", headers={"Host": "attacker.example"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=5)
+        assert refused.value.code == 400
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert process.stderr.read().strip() == "imagezoo: stopped"
+        process.stderr.close()
+
+
+@contextlib.contextmanager
+def running(app):
+    """``app`` behind a real uvicorn server on a free port of 127.0.0.1; yields its URL."""
     import uvicorn
-    server = uvicorn.Server(uvicorn.Config(create_app(lite0), host="127.0.0.1", port=0,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -140,9 +290,17 @@ def running_server(lite0):
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def running_server(lite0):
+    with running(create_app(lite0)) as url:
+        yield url
 
 
 def chromium_or_skip() -> str:
@@ -155,7 +313,7 @@ def chromium_or_skip() -> str:
 
 
 def test_upload_page_in_a_browser(running_server, cat_jpeg, tmp_path):
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    playwright_api = needed("playwright.sync_api", "Playwright")
     executable = chromium_or_skip()
     cat = tmp_path / "chelsea.jpg"
     cat.write_bytes(cat_jpeg)

@@ -28,7 +28,8 @@ from .engine.backends import BACKENDS
 from .export import OnnxModel
 from .tasks.feature_files import open_writer
 from .tasks.features import POOLS, iter_features
-from .serve import DEFAULT_HOST, DEFAULT_PORT, require_server_packages, serve
+from .serve import (DEFAULT_HOST, DEFAULT_PORT, listening_socket, require_server_packages,
+                    serve)
 
 PUBLISHERS = ("torchvision", "matconvnet", "paddle_v1")
 
@@ -191,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="classes per answer unless the request asks (?top=K)")
     serve_parser.add_argument("--ten-crop", action="store_true")
     add_engine_options(serve_parser)
-    # One upload per forward pass, on the CPU: the engine is tuned for batch 1.
-    serve_parser.set_defaults(handler=run_serve, batch_size=1, device="cpu")
+    # One upload per forward pass, on the CPU.
+    serve_parser.set_defaults(handler=run_serve, batch_size=10, device="cpu")
 
     models_parser = commands.add_parser("models", help="list the model names imagezoo knows")
     models_parser.set_defaults(handler=run_models)
@@ -300,12 +301,19 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.model is not None:
             raise ImagezooError("name the model once: MODEL or --model, not both")
         args.model = args.model_path
-    model = engine_from_args(args, model_from_args(args), count=1)
-    print(f"imagezoo: serving {model.card.name} ({getattr(model, 'backend', 'torch')}, "
-          f"{args.precision}) on http://{args.host}:{args.port}/  (Ctrl-C stops)",
-          file=sys.stderr, flush=True)
-    serve(model, host=args.host, port=args.port, top=args.top, ten_crop=args.ten_crop,
-          log_level="info" if args.verbose else "warning")
+    sock = listening_socket(args.host, args.port)  # a port in use fails now, not after loading
+    with sock:
+        # The engine is tuned for what one request runs: one image, or its ten crops.
+        model = engine_from_args(args, model_from_args(args), count=10 if args.ten_crop else 1)
+        port = sock.getsockname()[1]
+        print(f"imagezoo: serving {model.card.name} ({getattr(model, 'backend', 'torch')}, "
+              f"{getattr(model, 'precision', 'exact')}) on http://{args.host}:{port}/  "
+              f"(Ctrl-C stops)", file=sys.stderr, flush=True)
+        try:
+            serve(model, sock=sock, host=args.host, top=args.top, ten_crop=args.ten_crop,
+                  log_level="info" if args.verbose else "warning")
+        except KeyboardInterrupt:  # Ctrl-C is how a server is meant to stop: not a failure
+            print("imagezoo: stopped", file=sys.stderr)
     return EXIT_OK
 
 

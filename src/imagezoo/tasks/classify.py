@@ -132,18 +132,27 @@ def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.Pat
     return results
 
 
-def classify_image(model: nn.Module, image: Image.Image | np.ndarray, top: int = 5,
-                   ten_crop: bool = False) -> list[Ranked]:
-    """One image already in memory (a Pillow image or H x W x 3 uint8 array) -> its top
-    classes; what the server runs for each upload. The model stays where it is."""
-    card: ModelCard = model.card
+def image_input(image: Image.Image | np.ndarray, card: ModelCard, ten_crop: bool = False) -> torch.Tensor:
+    """One image in memory (a Pillow image or H x W x 3 uint8 array) -> the model's input
+    batch: 1 x 3 x H x W, or 1 x 10 x 3 x H x W with ``ten_crop``."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     transform = preprocess_ten_crop if ten_crop else preprocess_image
-    batch = transform(to_rgb(image), card.preprocess).unsqueeze(0)
+    return transform(to_rgb(image), card.preprocess).unsqueeze(0)
+
+
+def classify_input(model: nn.Module, batch: torch.Tensor, top: int = 5) -> list[list[Ranked]]:
+    """A preprocessed batch (from ``image_input`` or ``preprocess``) -> each image's top
+    classes. The model stays on its device; the batch goes there."""
     parameter = next(model.parameters(), None)
     if parameter is not None:
         batch = batch.to(parameter.device)
     with torch.inference_mode():
         probabilities = class_probabilities(model, batch).cpu()
-    return top_classes(probabilities, card, top)[0]
+    return top_classes(probabilities, model.card, top)
+
+
+def classify_image(model: nn.Module, image: Image.Image | np.ndarray, top: int = 5,
+                   ten_crop: bool = False) -> list[Ranked]:
+    """One image already in memory -> its top classes."""
+    return classify_input(model, image_input(image, model.card, ten_crop), top)[0]

@@ -10,8 +10,7 @@ const template = document.getElementById("result-template");
 async function describeModel() {
   const line = document.getElementById("model");
   try {
-    const response = await fetch("api/model");
-    const model = await response.json();
+    const model = await readAnswer(await fetch("api/model"));
     const engine = model.backend + " " + model.numerics + " (" + model.precision + ")";
     line.textContent = model.name + " \u00b7 " + model.classes + " classes \u00b7 " +
       model.input_size + "\u00d7" + model.input_size + " input \u00b7 engine " + engine;
@@ -44,25 +43,40 @@ function drawPredictions(list, predictions) {
   }
 }
 
-async function classify(file) {
+// The server answers JSON; a proxy in front of it may answer an HTML error page instead.
+async function readAnswer(response) {
+  const type = response.headers.get("content-type") || "";
+  const answer = type.includes("application/json") ? await response.json() : {};
+  if (!response.ok) {
+    const detail = typeof answer.detail === "string" ? answer.detail
+      : (response.status + " " + response.statusText).trim();
+    throw new Error(detail);
+  }
+  return answer;
+}
+
+function newCard(file) {
   const card = template.content.firstElementChild.cloneNode(true);
   const thumbnail = card.querySelector(".thumbnail");
-  thumbnail.addEventListener("error", () => { thumbnail.style.visibility = "hidden"; });
-  thumbnail.src = URL.createObjectURL(file);
+  const address = URL.createObjectURL(file);
+  const release = () => URL.revokeObjectURL(address);
+  thumbnail.addEventListener("load", release);
+  thumbnail.addEventListener("error", () => { release(); thumbnail.style.visibility = "hidden"; });
+  thumbnail.src = address;
   thumbnail.alt = file.name;
   card.querySelector(".name").textContent = file.name;
+  card.querySelector(".note").textContent = "waiting\u2026";
+  return card;
+}
+
+async function classify(file, card) {
   const note = card.querySelector(".note");
   note.textContent = "classifying\u2026";
-  results.prepend(card);
-
   const form = new FormData();
   form.append("file", file, file.name);
   try {
     const response = await fetch("api/classify", { method: "POST", body: form });
-    const answer = await response.json();
-    if (!response.ok) {
-      throw new Error(typeof answer.detail === "string" ? answer.detail : response.statusText);
-    }
+    const answer = await readAnswer(response);
     note.textContent = "classified in " + answer.milliseconds + " ms";
     drawPredictions(card.querySelector(".predictions"), answer.predictions);
     card.classList.add("done");
@@ -77,9 +91,13 @@ async function classify(file) {
 
 async function classifyAll(files) {
   const images = Array.from(files);
+  const cards = images.map(newCard);
+  const batch = document.createDocumentFragment();
+  batch.append(...cards);
+  results.prepend(batch);  // the newest choice on top, its photos in the order chosen
   statusLine.textContent = "Classifying " + images.length + " photo(s)\u2026";
-  for (const file of images) {
-    await classify(file);  // one at a time: the server runs one forward pass at a time anyway
+  for (let i = 0; i < images.length; i++) {
+    await classify(images[i], cards[i]);  // one at a time: the server runs one pass at a time
   }
   statusLine.textContent = "";
 }
@@ -101,5 +119,10 @@ drop.addEventListener("drop", (event) => {
   drop.classList.remove("over");
   classifyAll(event.dataTransfer.files);
 });
+
+// A photo dropped beside the drop zone must not make the browser navigate away to it.
+for (const kind of ["dragover", "drop"]) {
+  window.addEventListener(kind, (event) => event.preventDefault());
+}
 
 describeModel();
