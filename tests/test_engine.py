@@ -230,6 +230,17 @@ def test_cli_engines_table_and_fast_classify(cat_photo, capsys, monkeypatch):
     assert record["predictions"][0]["index"] in range(281, 286)
 
 
+def test_features_through_openvino_match_the_hooks(lite0, photos, tmp_path):
+    layers = ["_blocks.3", "_avg_pooling", "_fc"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fall-back to the hooks would be a warning
+        engine = imagezoo.extract_features(lite0, photos, layers, backend="openvino")
+    hooks = imagezoo.extract_features(lite0, photos, layers)
+    for name in layers:
+        scale = max(1.0, float(hooks[name].abs().max()))
+        torch.testing.assert_close(engine[name], hooks[name], rtol=1e-4, atol=1e-4 * scale)
+
+
 def test_sample_inputs_are_real_photos(lite0):
     samples = sample_inputs(lite0)
     assert samples.shape == (8, 3, 224, 224)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from imagezoo.cli import main
 from imagezoo.data.transforms import resize_and_pad, ten_crop_images, to_tensor
 from imagezoo.models.resnet import ResNet, ResNetSpec
 from imagezoo.models.layers import UnknownLayerError, layer_aliases, list_layers
+from imagezoo.engine import backends, layer_engines
 from imagezoo.tasks.features import extract_features
 from conftest import shared_fixture, stage_tolerance
 
@@ -66,6 +68,48 @@ def test_paddle_stages_by_their_paddle_names():
     output = extract_features(model, torch.from_numpy(reference["input_bgr"]), ["output"])["output"]
     np.testing.assert_allclose(output.numpy(), torch.softmax(torch.from_numpy(reference["logits"]), 1),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_paddle_stages_through_onnxruntime(tmp_path, monkeypatch):
+    """The layers as outputs of one ONNX graph in ONNX Runtime give the independent
+    reference's stage maps too (Paddle names, the ReLU after a '_bn' name inside the graph)."""
+    monkeypatch.setenv("IMAGEZOO_CACHE", str(tmp_path))
+    reference = np.load(shared_fixture("paddle_v1", "resnet_v1_w16_b1211_io.npz"))
+    model = imagezoo.load_model(shared_fixture("paddle_v1", "resnet_v1_w16_b1211"))
+    names = {"stage1": "res2_1", "stage2": "res3_2", "stage3": "res4_1", "stage4": "res5_1",
+             "pooled": "avgpool"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fall-back to the hooks would be a warning
+        features = extract_features(model, torch.from_numpy(reference["input_bgr"]),
+                                    list(names.values()) + ["res5_1_branch2a_bn"],
+                                    backend="onnxruntime")
+    for key, name in names.items():
+        value = features[name].numpy().reshape(reference[key].shape)
+        np.testing.assert_allclose(value, reference[key], **stage_tolerance(reference[key]))
+    hooks = extract_features(model, torch.from_numpy(reference["input_bgr"]), ["res5_1_branch2a_bn"])
+    assert float(features["res5_1_branch2a_bn"].min()) >= 0  # after its ReLU, as Paddle names it
+    torch.testing.assert_close(features["res5_1_branch2a_bn"], hooks["res5_1_branch2a_bn"],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_layer_engine_that_disagrees_gives_way_to_the_hooks(lite0, monkeypatch, tmp_path):
+    monkeypatch.setenv("IMAGEZOO_CACHE", str(tmp_path))
+    real_build = backends.build
+
+    def perturbed(*args):
+        run = real_build(*args)
+        return lambda x: tuple(value + 0.01 for value in run(x))
+
+    monkeypatch.setattr(layer_engines, "build", perturbed)
+    x = torch.randn(2, 3, 224, 224)
+    with pytest.warns(UserWarning, match=r"features run on the torch backend \(onnxruntime: "
+                                         r"layer _blocks.3 differs from the hooks"):
+        got = extract_features(lite0, x, ["_blocks.3", "_fc"], backend="onnxruntime")
+    hooks = extract_features(lite0, x, ["_blocks.3", "_fc"])
+    torch.testing.assert_close(got["_blocks.3"], hooks["_blocks.3"], rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="torch-fast cannot give the model's own layers"):
+        folded = extract_features(lite0, x, ["_fc"], backend="torch-fast")
+    torch.testing.assert_close(folded["_fc"], hooks["_fc"], rtol=0, atol=0)
 
 
 def test_paddle_bn_names_carry_their_activation():
@@ -173,6 +217,24 @@ def test_feature_files_hold_every_good_image_and_list_the_bad(tmp_path, photo_fo
     for name, value in expected.items():
         np.testing.assert_allclose(arrays[name], value.numpy(), rtol=1e-6, atol=1e-6)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_features_command_on_onnxruntime_matches_the_hooks(tmp_path, photo_folder, capsys,
+                                                           monkeypatch):
+    monkeypatch.setenv("IMAGEZOO_CACHE", str(tmp_path / "cache"))
+    files = {}
+    for backend in ("torch", "onnxruntime"):
+        files[backend] = tmp_path / f"{backend}.npz"
+        code = main(["features", str(photo_folder), "--layers", "_blocks.6,_conv_head,_fc",
+                     "--out", str(files[backend]), "--batch-size", "2", "--workers", "0",
+                     "--backend", backend])
+        assert code == 1 and "b_broken.jpg" in capsys.readouterr().err
+    hooks, engine = np.load(files["torch"]), np.load(files["onnxruntime"])
+    assert list(engine["inputs"]) == list(hooks["inputs"]) and len(hooks["inputs"]) == 2
+    for name in ("_blocks.6", "_conv_head", "_fc"):
+        scale = max(1.0, float(np.abs(hooks[name]).max()))
+        np.testing.assert_allclose(engine[name], hooks[name], rtol=1e-4, atol=1e-4 * scale)
+    assert list((tmp_path / "cache" / "engines").rglob("layers-*/model.onnx"))
 
 
 def test_unknown_layer_on_the_command_line(photo_folder, tmp_path, capsys):

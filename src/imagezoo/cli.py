@@ -319,10 +319,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_features(args: argparse.Namespace) -> int:
     model = model_from_args(args)
-    if args.backend not in ("auto", "torch") or args.precision != "exact":
-        # Hooks need the PyTorch graph: a compiled engine no longer has the named layers.
-        print("imagezoo: features run on the torch backend in float32 (layers need the "
-              "PyTorch graph)", file=sys.stderr)
+    if args.precision != "exact":
+        # A feature file is only as good as its numbers: no bf16/int8 here, whatever was asked.
+        print("imagezoo: features are computed in float32 (--precision fast is for classifying)",
+              file=sys.stderr)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     resolve_layers(model, layers)  # an unknown name fails before any image is read
     sources = expand_sources(args.inputs)
@@ -332,7 +332,8 @@ def run_features(args: argparse.Namespace) -> int:
     with open_writer(args.out, args.format) as writer:
         for batch in iter_features(model, sources, layers, pool=args.pool, ten_crop=args.ten_crop,
                                    batch_size=args.batch_size, workers=args.workers,
-                                   device=args.device, progress=args.progress):
+                                   device=args.device, progress=args.progress,
+                                   backend=args.backend):
             writer.add(batch.inputs, batch.features)
             for source, error in batch.failures:
                 print(f"imagezoo: {error}", file=sys.stderr)

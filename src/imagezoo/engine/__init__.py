@@ -42,6 +42,7 @@ from ..weights.store import resolve_cache_dir
 from ..data.batches import INFERENCE_BATCH
 from .backends import (BACKENDS, FAST_NUMERICS, INT8_FILE, BackendUnavailable, build,
                        engine_files, input_size)
+from .layer_engines import LAYER_BACKENDS, layer_engine
 
 log = logging.getLogger(__name__)
 
@@ -413,4 +414,5 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "Engine", "optimize", "tuning_table"]
+__all__ = ["BACKENDS", "LAYER_BACKENDS", "PRECISIONS", "Engine", "layer_engine", "optimize",
+           "tuning_table"]

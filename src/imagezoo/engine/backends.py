@@ -148,7 +148,8 @@ def input_size(model: nn.Module) -> tuple[int, int]:
 
 
 def onnx_file(model: nn.Module, cache: Path) -> Path:
-    """The model (normalised input -> logits) as ONNX, exported once into the cache."""
+    """The model (normalised input -> logits) as ONNX, exported once into the cache. A module
+    with several outputs (a ``LayerTap``) names them in its ``output_names``."""
     path = cache / "model.onnx"
     if path.exists():
         return path
@@ -162,7 +163,8 @@ def onnx_file(model: nn.Module, cache: Path) -> Path:
             logging.getLogger(name).setLevel(logging.ERROR)
         batch = torch.export.Dim("batch", min=1, max=4096)
         torch.onnx.export(model.eval(), (example,), str(temporary), dynamo=True,
-                          input_names=["input"], output_names=["logits"],
+                          input_names=["input"],
+                          output_names=list(getattr(model, "output_names", ["logits"])),
                           dynamic_shapes={"x": {0: batch}}, external_data=False)
     return path
 
@@ -189,8 +191,14 @@ def _onnxruntime(model: nn.Module, numerics: str, cache: Path,
 
     def run(x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(session.run(None, {input_name: array})[0])
+        return one_or_tuple(session.run(None, {input_name: array}))
     return run
+
+
+def one_or_tuple(outputs: list) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """A model's output as torch tensors: the logits alone, or a tuple of several outputs."""
+    tensors = tuple(torch.from_numpy(np.asarray(output)) for output in outputs)
+    return tensors[0] if len(tensors) == 1 else tensors
 
 
 def _quantized(path: Path, calibration: Callable[[], torch.Tensor], int8_file: str) -> Path:
@@ -246,7 +254,8 @@ def _openvino(model: nn.Module, numerics: str, cache: Path,
 
     def run(x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(np.array(request.infer({0: array})[0]))
+        results = request.infer({0: array})
+        return one_or_tuple([np.array(results[output]) for output in compiled.outputs])
     run.keep_alive = keep_alive
     return run
 
