@@ -398,6 +398,11 @@ def machine_header(settings: Settings, quick: bool, photo_bytes: float, load_bef
         "",
         "Written by `benchmarks/bench_classify.py`; rerun it to refresh (the file is overwritten).",
         "",
+        "The other benchmarks write beside it: [RESULTS-engine.md](RESULTS-engine.md) (the "
+        "inference engines of `imagezoo.optimize` against eager PyTorch, ONNX Runtime and "
+        "OpenVINO, the end-to-end rate and the speed targets; `bench_engine.py`) and "
+        "[RESULTS-finetune.md](RESULTS-finetune.md) (`bench_finetune.py`).",
+        "",
         f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"- Command: `{command}`" + (" (quick smoke run: smaller batches and fewer images, "
                                      "figures not representative)" if quick else ""),
