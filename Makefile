@@ -37,6 +37,7 @@ browser:
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_classify.py
 	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_finetune.py
 
 clean:

@@ -400,7 +400,9 @@ def machine_header(settings: Settings, quick: bool, photo_bytes: float, load_bef
         "",
         "The other benchmarks write beside it: [RESULTS-engine.md](RESULTS-engine.md) (the "
         "inference engines of `imagezoo.optimize` against eager PyTorch, ONNX Runtime and "
-        "OpenVINO, the end-to-end rate and the speed targets; `bench_engine.py`) and "
+        "OpenVINO, the end-to-end rate and the speed targets; `bench_engine.py`), "
+        "[RESULTS-features.md](RESULTS-features.md) (features on those engines; "
+        "`bench_features.py`) and "
         "[RESULTS-finetune.md](RESULTS-finetune.md) (`bench_finetune.py`).",
         "",
         f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",

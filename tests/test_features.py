@@ -18,7 +18,7 @@ from imagezoo.cli import main
 from imagezoo.data.transforms import resize_and_pad, ten_crop_images, to_tensor
 from imagezoo.models.resnet import ResNet, ResNetSpec
 from imagezoo.models.layers import UnknownLayerError, layer_aliases, list_layers
-from imagezoo.engine import backends, layer_engines
+from imagezoo.engine import backends, engine_cache, layer_engines
 from imagezoo.tasks.features import extract_features
 from conftest import shared_fixture, stage_tolerance
 
@@ -110,6 +110,42 @@ def test_a_layer_engine_that_disagrees_gives_way_to_the_hooks(lite0, monkeypatch
     with pytest.warns(UserWarning, match="torch-fast cannot give the model's own layers"):
         folded = extract_features(lite0, x, ["_fc"], backend="torch-fast")
     torch.testing.assert_close(folded["_fc"], hooks["_fc"], rtol=0, atol=0)
+
+
+def test_layer_engine_edge_cases(lite0, monkeypatch, tmp_path):
+    monkeypatch.setenv("IMAGEZOO_CACHE", str(tmp_path))
+    with pytest.raises(imagezoo.ImagezooError, match="backend must be auto or one of"):
+        extract_features(lite0, torch.zeros(1, 3, 224, 224), ["_fc"], backend="onnx")
+    x = torch.randn(2, 3, 224, 224)
+    hooks = extract_features(lite0, x, ["_blocks.3", "_fc"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        twice = extract_features(lite0, x, ["_fc", "_blocks.3", "_fc"], backend="onnxruntime")
+    torch.testing.assert_close(twice["_fc"], hooks["_fc"], rtol=1e-4, atol=1e-4)
+    smaller = torch.randn(2, 3, 160, 160)
+    with pytest.warns(UserWarning, match="features of 160x160 inputs run on the torch backend"):
+        got = extract_features(lite0, smaller, ["_fc"], backend="onnxruntime")
+    torch.testing.assert_close(got["_fc"], extract_features(lite0, smaller, ["_fc"])["_fc"])
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    with pytest.warns(UserWarning, match="the model has no card"):
+        got = extract_features(plain, x, ["0"], backend="openvino")
+    torch.testing.assert_close(got["0"], plain[0](x))
+
+
+def test_a_stale_layer_engine_file_is_exported_again(lite0, monkeypatch, tmp_path):
+    monkeypatch.setenv("IMAGEZOO_CACHE", str(tmp_path))
+    x = torch.randn(2, 3, 224, 224)
+    imagezoo.optimize(lite0, backend="onnxruntime", batch_size=2)
+    whole_model = engine_cache(lite0) / "model.onnx"   # logits where _blocks.3 should be
+    extract_features(lite0, x, ["_blocks.3"], backend="onnxruntime")
+    [layer_file] = (tmp_path / "engines").rglob("layers-*/model.onnx")
+    layer_file.write_bytes(whole_model.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exported again and checked, not a fall-back
+        got = extract_features(lite0, x, ["_blocks.3"], backend="onnxruntime")
+    assert layer_file.read_bytes() != whole_model.read_bytes()
+    torch.testing.assert_close(got["_blocks.3"], extract_features(lite0, x, ["_blocks.3"])["_blocks.3"],
+                               rtol=1e-4, atol=1e-3)
 
 
 def test_paddle_bn_names_carry_their_activation():
@@ -228,7 +264,9 @@ def test_features_command_on_onnxruntime_matches_the_hooks(tmp_path, photo_folde
         code = main(["features", str(photo_folder), "--layers", "_blocks.6,_conv_head,_fc",
                      "--out", str(files[backend]), "--batch-size", "2", "--workers", "0",
                      "--backend", backend])
-        assert code == 1 and "b_broken.jpg" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert code == 1 and "b_broken.jpg" in err
+        assert "features run on the torch backend" not in err  # the engine really ran
     hooks, engine = np.load(files["torch"]), np.load(files["onnxruntime"])
     assert list(engine["inputs"]) == list(hooks["inputs"]) and len(hooks["inputs"]) == 2
     for name in ("_blocks.6", "_conv_head", "_fc"):

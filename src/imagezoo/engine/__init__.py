@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import __version__
 from ..errors import ImagezooError
 from ..fileio import atomic_write_text
 from ..weights.store import resolve_cache_dir
@@ -245,8 +246,15 @@ class CheckRecord:
         return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()]
 
     def passed(self, key: str, files: list[Path]) -> bool:
+        return self._recorded(key, files, True)
+
+    def failed(self, key: str, files: list[Path]) -> bool:
+        """Whether these very files missed their check before (a retune aside)."""
+        return self._recorded(key, files, False)
+
+    def _recorded(self, key: str, files: list[Path], passed: bool) -> bool:
         return (self.on_samples and self.reuse
-                and self._read().get(key) == {"passed": True, "files": self._stamp(files)})
+                and self._read().get(key) == {"passed": passed, "files": self._stamp(files)})
 
     def record(self, key: str, files: list[Path], passed: bool) -> None:
         if not self.on_samples:
@@ -394,7 +402,7 @@ ENGINE_FORMAT = 2
 def machine_facts() -> dict:
     facts = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
              "torch": torch.__version__, "python": platform.python_version(),
-             "engine_format": ENGINE_FORMAT}
+             "engine_format": ENGINE_FORMAT, "imagezoo": __version__}
     for package in ("onnxruntime", "openvino"):
         try:  # the installed version, without paying for importing the package
             facts[package] = metadata.version(package)

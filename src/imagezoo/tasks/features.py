@@ -77,13 +77,12 @@ def reduce_spatial(value: torch.Tensor, pool: str | None) -> torch.Tensor:
 def features_of_batch(model: nn.Module, refs: list[LayerRef], batch: torch.Tensor,
                       pool: str | None = None, tap=None) -> dict[str, torch.Tensor]:
     """One forward pass; a crop batch (N x K x 3 x H x W) averages each image's K maps.
-    ``tap`` (a compiled ``LayerTap``, see ``imagezoo.engine.layer_engine``) runs instead of
-    the model's hooks when given."""
+    ``tap`` (a compiled ``LayerTap``: batch -> {layer name: value}, see
+    ``imagezoo.engine.layer_engine``) runs instead of the model's hooks when given."""
     crops = batch.shape[1] if batch.dim() == 5 else None
     inputs = batch.flatten(0, 1) if crops else batch
     if tap is not None:
-        outputs = tap(inputs.cpu())
-        captured = dict(zip((ref.name for ref in refs), outputs))
+        captured = tap(inputs.cpu())
     else:
         with capture(model, refs) as captured:
             model(inputs)
@@ -117,10 +116,8 @@ def iter_features(model: nn.Module, sources: list[str], layers: list[str], pool:
     refs = resolve_layers(model, layers)
     target = resolve_device(device)
     model = model.to(target).eval()
-    tap = None
-    if backend != "torch" and target.type == "cpu":
-        from ..engine import layer_engine
-        tap = layer_engine(model, refs, backend, batch_size=batch_size * (10 if ten_crop else 1))
+    from ..engine import layer_engine
+    tap = layer_engine(model, refs, backend, batch_size=batch_size * (10 if ten_crop else 1))
     dataset = image_dataset(sources, model.card, ten_crop)
     bar = tqdm(total=len(sources), unit="img", file=sys.stderr, disable=not show_progress(progress))
     with torch.inference_mode(), bar:
@@ -156,10 +153,8 @@ def extract_features(model: nn.Module, inputs: torch.Tensor | str | os.PathLike 
     result = FeatureSet()
     if isinstance(inputs, torch.Tensor):
         refs = resolve_layers(model, layers)
-        tap = None
-        if backend != "torch":
-            from ..engine import layer_engine
-            tap = layer_engine(model.eval(), refs, backend, batch_size=max(1, inputs.shape[0]))
+        from ..engine import layer_engine
+        tap = layer_engine(model.eval(), refs, backend, batch_size=max(1, inputs.shape[0]))
         with torch.inference_mode():
             result.update(features_of_batch(model.eval(), refs, inputs, pool, tap))
         result.inputs, result.failures = [f"tensor[{i}]" for i in range(inputs.shape[0])], []
