@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="reduce spatial maps to one value per channel")
     features_parser.add_argument("--ten-crop", action="store_true",
                                  help="average the feature maps of the ten crops")
-    add_engine_options(features_parser)
+    add_engine_options(features_parser, backend_help=FEATURES_BACKEND_HELP)
     add_batch_options(features_parser)
     features_parser.set_defaults(handler=run_features)
 
@@ -178,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser = commands.add_parser(
         "serve", help="serve a model over HTTP with an upload page",
         description="Serve a model: an upload page at http://HOST:PORT/ and a JSON API "
-                    "(POST /api/classify with a multipart 'file', GET /api/model; the "
-                    "OpenAPI page is /docs). Runs on the CPU until Ctrl-C.")
+                    "(POST /api/classify with a multipart 'file', GET /api/model; "
+                    "/openapi.json describes it). Runs on the CPU until Ctrl-C.")
     serve_parser.add_argument("model_path", nargs="?", default=None, metavar="MODEL",
                               help="a model name, folder or weight file (same as --model)")
     add_model_options(serve_parser)
@@ -214,14 +214,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="with --pretrained, check the SHA-256 of a file already in the cache")
 
 
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
+AUTO_BACKEND_HELP = ("auto (default; $IMAGEZOO_BACKEND overrides) times each backend once for "
+                     "this model and batch size and caches the winner")
+FEATURES_BACKEND_HELP = ("onnxruntime or openvino: the layers as outputs of one exported graph, "
+                         "checked against PyTorch; auto (default) and torch: PyTorch's hooks")
+
+
+def add_engine_options(parser: argparse.ArgumentParser, backend_help: str = AUTO_BACKEND_HELP) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="exact",
                         help="exact: float32, logits within 1e-4 of PyTorch; fast: bf16/int8 "
                              "where the top-1 is unchanged on sample images (default exact)")
     parser.add_argument("--backend", choices=("auto",) + BACKENDS,
-                        default=os.environ.get("IMAGEZOO_BACKEND", "auto"),
-                        help="auto (default; $IMAGEZOO_BACKEND overrides) times each backend "
-                             "once for this model and batch size and caches the winner")
+                        default=os.environ.get("IMAGEZOO_BACKEND", "auto"), help=backend_help)
 
 
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
