@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -212,13 +213,10 @@ def _built_and_checked(backend, model, numerics, batch_size, cache, reference: R
     files) passed that check on an earlier run; inputs the caller gives are always checked."""
     run = build(backend, model, numerics, batch_size, cache, lambda: reference.samples,
                 reference.int8_file)
-    key = f"{backend}/{numerics}/batch{batch_size}"
-    files = engine_files(backend, numerics, batch_size, cache)
-    if checks.passed(key, files):
-        run(torch.zeros(1, 3, *input_size(model)))  # still fails here, not in the caller, if broken
-        return run
-    problem = check_problem(numerics, run(reference.samples), reference.logits)
-    checks.record(key, files, problem is None)
+    problem = checks.check(
+        f"{backend}/{numerics}/batch{batch_size}", engine_files(backend, numerics, batch_size, cache),
+        run, input_size(model),
+        lambda: check_problem(numerics, run(reference.samples), reference.logits))
     if problem is not None:
         raise EngineRejected(problem)
     return run
@@ -255,6 +253,18 @@ class CheckRecord:
     def _recorded(self, key: str, files: list[Path], passed: bool) -> bool:
         return (self.on_samples and self.reuse
                 and self._read().get(key) == {"passed": passed, "files": self._stamp(files)})
+
+    def check(self, key: str, files: list[Path], run, size: tuple[int, int],
+              problem_of: Callable[[], str | None]) -> str | None:
+        """``problem_of()`` (None when the engine passes), recorded; skipped for an engine
+        recorded as passed, which then only runs once on zeros so that a broken one still
+        fails here rather than in the caller."""
+        if self.passed(key, files):
+            run(torch.zeros(1, 3, *size))
+            return None
+        problem = problem_of()
+        self.record(key, files, problem is None)
+        return problem
 
     def record(self, key: str, files: list[Path], passed: bool) -> None:
         if not self.on_samples:

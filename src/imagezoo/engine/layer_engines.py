@@ -81,21 +81,21 @@ def _checked_tap(model, refs, backend, batch_size, cache_dir):
     cache = engine_cache(model, cache_dir) / f"layers-{hashlib.sha256(layer_set.encode()).hexdigest()[:16]}"
     checks = CheckRecord(cache)
     key, files = f"{backend}/fp32", engine_files(backend, "fp32", batch_size, cache)
-    samples = None
     size = input_size(model)
+    hooks = {}  # the sample photos and the hooks' values, computed once if needed
+
+    def problem_of(run) -> str | None:
+        if not hooks:
+            hooks["samples"] = sample_inputs(model)
+            with torch.inference_mode():
+                hooks["values"] = tap(hooks["samples"])
+        return layer_problem(unique, as_tuple(run(hooks["samples"])), hooks["values"])
+
     for attempt in ("cached", "rebuilt"):
-        run = build(backend, tap, "fp32", batch_size, cache, lambda: samples)
-        if checks.passed(key, files):
-            run(torch.zeros(1, 3, *size))  # still fails here, not in the caller, if broken
-            break
+        run = build(backend, tap, "fp32", batch_size, cache, lambda: sample_inputs(model))
         if checks.failed(key, files):
             raise LayersDiffer("its values missed the hooks' on an earlier run")
-        if samples is None:
-            samples = sample_inputs(model)
-            with torch.inference_mode():
-                expected = tap(samples)
-        problem = layer_problem(unique, as_tuple(run(samples)), expected)
-        checks.record(key, files, problem is None)
+        problem = checks.check(key, files, run, size, lambda: problem_of(run))
         if problem is None:
             break
         if attempt == "rebuilt":

@@ -31,7 +31,7 @@ from torch import nn
 from .. import __version__
 from ..data.images import decode_bytes
 from ..errors import ImageDecodeError
-from ..tasks.classify import classify_input, image_input
+from ..tasks.classify import classify_input, draft_size, preprocess
 from .limits import MAX_UPLOAD_BYTES, UploadLimit, check_image_shape, size_text
 
 STATIC = Path(__file__).parent / "static"
@@ -50,7 +50,7 @@ def create_app(model: nn.Module, top: int = 5, ten_crop: bool = False,
     model.eval()  # a model left in training mode would answer nonsense and drift
     card = model.card
     precision = getattr(model, "precision", "exact")
-    draft_size = (card.preprocess.resize or card.preprocess.crop) if precision == "fast" else None
+    draft_side = draft_size(card, draft=precision == "fast")
     forward_lock = threading.Lock()
     decode_slots = threading.BoundedSemaphore(os.cpu_count() or 1)
     app = FastAPI(title="imagezoo", version=__version__,
@@ -99,7 +99,7 @@ def create_app(model: nn.Module, top: int = 5, ten_crop: bool = False,
         try:
             with decode_slots:
                 check_image_shape(data, name)
-                batch = image_input(decode_bytes(data, name, draft_size), card, ten_crop)
+                batch = preprocess(decode_bytes(data, name, draft_side), card, ten_crop)
         except ImageDecodeError as error:
             raise HTTPException(400, str(error)) from None
         with forward_lock:

@@ -54,20 +54,28 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(device)
 
 
-def preprocess(image: str | os.PathLike | Image.Image | np.ndarray, card: ModelCard) -> torch.Tensor:
-    """One image (path, URL, PIL image or H x W x 3 uint8 array) -> 1 x 3 x H x W model input."""
+def preprocess(image: str | os.PathLike | Image.Image | np.ndarray, card: ModelCard,
+               ten_crop: bool = False) -> torch.Tensor:
+    """One image (path, URL, PIL image or H x W x 3 uint8 array) -> 1 x 3 x H x W model input
+    (1 x 10 x 3 x H x W with ``ten_crop``)."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     if isinstance(image, Image.Image):
         image = to_rgb(image)
     else:
         image = load_image(image)
-    return preprocess_image(image, card.preprocess).unsqueeze(0)
+    transform = preprocess_ten_crop if ten_crop else preprocess_image
+    return transform(image, card.preprocess).unsqueeze(0)
 
 
 def show_progress(requested: bool) -> bool:
     """A bar when asked for, or when stderr is a terminal; pipes stay quiet."""
     return requested or sys.stderr.isatty()
+
+
+def draft_size(card: ModelCard, draft: bool) -> int | None:
+    """The side libjpeg's draft mode may reduce a JPEG to and still cover the card's resize."""
+    return (card.preprocess.resize or card.preprocess.crop) if draft else None
 
 
 def image_dataset(sources: list[str], card: ModelCard, ten_crop: bool = False,
@@ -76,10 +84,9 @@ def image_dataset(sources: list[str], card: ModelCard, ten_crop: bool = False,
 
     ``draft`` lets libjpeg decode big JPEGs at a reduced scale that still covers the card's
     resize (much faster; about one grey level from a full decode), for ``--precision fast``."""
-    draft_size = (card.preprocess.resize or card.preprocess.crop) if draft else None
     return ImageDataset(sources, card.preprocess,
                         transform=preprocess_ten_crop if ten_crop else preprocess_image,
-                        draft_size=draft_size)
+                        draft_size=draft_size(card, draft))
 
 
 def class_probabilities(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -132,17 +139,8 @@ def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.Pat
     return results
 
 
-def image_input(image: Image.Image | np.ndarray, card: ModelCard, ten_crop: bool = False) -> torch.Tensor:
-    """One image in memory (a Pillow image or H x W x 3 uint8 array) -> the model's input
-    batch: 1 x 3 x H x W, or 1 x 10 x 3 x H x W with ``ten_crop``."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    transform = preprocess_ten_crop if ten_crop else preprocess_image
-    return transform(to_rgb(image), card.preprocess).unsqueeze(0)
-
-
 def classify_input(model: nn.Module, batch: torch.Tensor, top: int = 5) -> list[list[Ranked]]:
-    """A preprocessed batch (from ``image_input`` or ``preprocess``) -> each image's top
+    """A preprocessed batch (from ``preprocess``) -> each image's top
     classes. The model stays on its device; the batch goes there."""
     parameter = next(model.parameters(), None)
     if parameter is not None:
@@ -151,8 +149,3 @@ def classify_input(model: nn.Module, batch: torch.Tensor, top: int = 5) -> list[
         probabilities = class_probabilities(model, batch).cpu()
     return top_classes(probabilities, model.card, top)
 
-
-def classify_image(model: nn.Module, image: Image.Image | np.ndarray, top: int = 5,
-                   ten_crop: bool = False) -> list[Ranked]:
-    """One image already in memory -> its top classes."""
-    return classify_input(model, image_input(image, model.card, ten_crop), top)[0]
