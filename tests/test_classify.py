@@ -85,7 +85,9 @@ def test_cli_json_lines_and_exit_status_one_for_bad_inputs(mixed_folder, capsys)
     assert set(good["predictions"][0]) == {"rank", "index", "label", "probability"}
     assert good["predictions"][0]["rank"] == 1 and good["predictions"][0]["label"] in CAT_LABELS
     assert set(records[1]) == {"input", "error"} and "empty file" in records[1]["error"]
-    assert captured.err.count("imagezoo: ") == 3 and "Traceback" not in captured.err
+    assert "Traceback" not in captured.err
+    assert captured.err.splitlines()[-1] == "imagezoo: 2 classified, 3 failed"
+    assert captured.err.count("imagezoo: ") == 4  # one line per failed input, then the counts
 
 
 @pytest.mark.parametrize("arguments, message", [

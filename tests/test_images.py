@@ -103,7 +103,7 @@ def test_truncated_jpeg(tmp_path, rng):
     noise = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     data = (save(noise, tmp_path / "full.jpg")).read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageDecodeError, match=r"cut\.jpg: corrupt or truncated"):
+    with pytest.raises(ImageDecodeError, match=r"cut\.jpg: truncated JPEG image"):
         load_image(tmp_path / "cut.jpg")
 
 
@@ -123,7 +123,7 @@ def test_missing_and_unreadable(tmp_path):
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     path = save(Image.new("RGB", (100, 100)), tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10000 px is over twice the limit
-    with pytest.raises(ImageDecodeError, match=r"big\.png: refused as a possible decompression bomb"):
+    with pytest.raises(ImageDecodeError, match=r"big\.png: too large: refused as a possible decompression bomb"):
         load_image(path)
 
 

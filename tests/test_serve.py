@@ -93,10 +93,11 @@ def test_top_is_taken_from_the_request(client, cat_jpeg):
 def test_unreadable_uploads_are_refused_with_the_decoders_message(client, cat_jpeg):
     not_an_image = upload(client, "notes.jpg", b"these are my notes, not a photo")
     assert not_an_image.status_code == 400
-    assert not_an_image.json()["detail"] == "notes.jpg: not an image Pillow can read"
+    assert not_an_image.json()["detail"] == \
+        "notes.jpg: not an image Pillow can read (unrecognised content)"
     truncated = upload(client, "cut.jpg", cat_jpeg[: len(cat_jpeg) // 3])
     assert truncated.status_code == 400
-    assert truncated.json()["detail"].startswith("cut.jpg: corrupt or truncated image")
+    assert truncated.json()["detail"].startswith("cut.jpg: truncated JPEG image")
     empty = upload(client, "empty.jpg", b"")
     assert empty.status_code == 400 and empty.json()["detail"] == "empty.jpg: empty file"
     missing = client.post("/api/classify", data={"note": "no file"})
@@ -341,7 +342,7 @@ def test_upload_page_in_a_browser(running_server, cat_jpeg, tmp_path):
             first_share = done.locator(".prediction .probability").first.inner_text()
             assert first_share.endswith("%") and 10 < float(first_share[:-1]) <= 100
             assert failed.locator(".error").inner_text() == \
-                "broken.jpg: not an image Pillow can read"
+                "broken.jpg: not an image Pillow can read (unrecognised content)"
             shot = tmp_path / "page.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:

@@ -15,6 +15,7 @@ from . import __version__
 from .errors import ImagezooError
 from .loader import load_model
 from .models.registry import DEFAULT_MODEL, MODELS
+from .cli_output import configure_logging, print_notes, run_summary, skipped_counts
 from .tasks.classify import Prediction, classify, resolve_device
 from .data.batches import INFERENCE_BATCH
 from .data.sources import expand_sources
@@ -48,13 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify images (files, folders, list files, http(s) URLs).")
     classify_parser.add_argument("inputs", nargs="+", metavar="INPUT")
     add_model_options(classify_parser)
-    classify_parser.add_argument("--top", type=positive_int, default=5, metavar="K",
+    classify_parser.add_argument("--top", type=positive_int, default=None, metavar="K",
                                  help="how many classes to print per image (default 5)")
     classify_parser.add_argument("--json", action="store_true",
                                  help="print JSON Lines, one object per input, in input order")
     classify_parser.add_argument("--ten-crop", action="store_true",
                                  help="average the probabilities of ten crops (corners, centre, "
                                       "and their mirrors)")
+    add_source_options(classify_parser)
+    classify_parser.add_argument("--list-skipped", action="store_true",
+                                 help="also list the files of the folders that were not taken "
+                                      "as images (with --json: one {input, skipped} object each)")
     add_engine_options(classify_parser)
     add_batch_options(classify_parser)
     classify_parser.set_defaults(handler=run_classify)
@@ -75,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="reduce spatial maps to one value per channel")
     features_parser.add_argument("--ten-crop", action="store_true",
                                  help="average the feature maps of the ten crops")
+    add_source_options(features_parser)
     add_engine_options(features_parser, backend_help=FEATURES_BACKEND_HELP)
     add_batch_options(features_parser)
     features_parser.set_defaults(handler=run_features)
@@ -98,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--classes", metavar="FILE",
                                  help="class names, one per line in the model's class order "
                                       "(maps folder names to the model's classes)")
-    evaluate_parser.add_argument("--top", type=positive_int, default=5, metavar="K")
+    evaluate_parser.add_argument("--top", type=positive_int, default=None, metavar="K",
+                                 help="also count a hit among the top K (default 5)")
     evaluate_parser.add_argument("--ten-crop", action="store_true")
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_engine_options(evaluate_parser)
@@ -228,6 +235,12 @@ def add_engine_options(parser: argparse.ArgumentParser, backend_help: str = AUTO
                         default=os.environ.get("IMAGEZOO_BACKEND", "auto"), help=backend_help)
 
 
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--all-files", action="store_true",
+                        help="in folders, look inside every file for an image, whatever its "
+                             "extension (default: the extensions Pillow decodes)")
+
+
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=INFERENCE_BATCH, metavar="N",
                         help=f"images per forward pass (default {INFERENCE_BATCH})")
@@ -264,21 +277,62 @@ def engine_from_args(args: argparse.Namespace, model, count: int):
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    sources = expand_sources(args.inputs)
+    resolve_device(args.device)  # a missing GPU is one line now, not a traceback later
+    sources = expand_sources(args.inputs, all_files=args.all_files)
+    if not sources:
+        raise NoImagesError(args.inputs, sources.skipped)
     model = engine_from_args(args, model_from_args(args), len(sources))
-    results = classify(model, sources, top=args.top, batch_size=args.batch_size,
+    top = top_from_args(args, model.card)
+    results = classify(model, sources, top=top, batch_size=args.batch_size,
                        workers=args.workers, device=args.device, progress=args.progress,
                        ten_crop=args.ten_crop, draft=getattr(model, "precision", None) == "fast")
-    if not results:
-        raise ImagezooError("no images found in " + ", ".join(args.inputs))
     for result in results:
         if not result.ok:
             print(f"imagezoo: {result.error}", file=sys.stderr)
+        print_notes(result.input, result.notes, args.verbose)
         if args.json:
             print(json.dumps(result.to_dict()), flush=True)
         elif result.ok:
             print(format_table(result))
-    return EXIT_OK if all(r.ok for r in results) else EXIT_SOME_FAILED
+    if args.list_skipped:
+        for path, reason in sources.skipped:
+            print(json.dumps({"input": path, "skipped": reason}) if args.json
+                  else f"skipped {path}: {reason}", flush=True)
+    return finish_run("classified", [r.ok for r in results], sources.skipped,
+                      noted=sum(bool(r.notes) for r in results))
+
+
+class NoImagesError(ImagezooError):
+    """Nothing to process: every input was empty, or every file was skipped."""
+
+    def __init__(self, inputs: list[str], skipped: list[tuple[str, str]]):
+        detail = f" ({skipped_counts(skipped)}; --all-files looks inside every file)" if skipped else ""
+        super().__init__("no images found in " + ", ".join(inputs) + detail)
+
+
+def finish_run(verb: str, outcomes: list[bool], skipped: list[tuple[str, str]],
+               noted: int = 0) -> int:
+    """Print the run's counts when there is more than one thing to count, and the exit
+    status: 0 all done, 1 some failed, 2 nothing could be done."""
+    done = sum(outcomes)
+    failed = len(outcomes) - done
+    if len(outcomes) > 1 or failed or skipped or noted:
+        print(run_summary(verb, done, failed, skipped, noted), file=sys.stderr)
+    if not done:
+        print(f"imagezoo: error: none of the {len(outcomes)} image(s) could be read",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def top_from_args(args: argparse.Namespace, card) -> int:
+    """--top K, or 5; a K above the model's class count ranks every class and says so."""
+    if args.top is None:
+        return min(5, card.num_classes)
+    if args.top > card.num_classes:
+        print(f"imagezoo: --top {args.top} is more than the {card.num_classes} classes of "
+              f"{card.name}; showing all {card.num_classes}", file=sys.stderr)
+    return min(args.top, card.num_classes)
 
 
 def format_table(result: Prediction) -> str:
@@ -329,37 +383,45 @@ def run_features(args: argparse.Namespace) -> int:
               file=sys.stderr)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     resolve_layers(model, layers)  # an unknown name fails before any image is read
-    sources = expand_sources(args.inputs)
+    resolve_device(args.device)
+    sources = expand_sources(args.inputs, all_files=args.all_files)
     if not sources:
-        raise ImagezooError("no images found in " + ", ".join(args.inputs))
-    failed = 0
+        raise NoImagesError(args.inputs, sources.skipped)
+    outcomes: list[bool] = []
+    noted = set()
     with open_writer(args.out, args.format) as writer:
         for batch in iter_features(model, sources, layers, pool=args.pool, ten_crop=args.ten_crop,
                                    batch_size=args.batch_size, workers=args.workers,
                                    device=args.device, progress=args.progress,
                                    backend=args.backend):
             writer.add(batch.inputs, batch.features)
+            outcomes.extend([True] * len(batch.inputs))
             for source, error in batch.failures:
                 print(f"imagezoo: {error}", file=sys.stderr)
                 writer.fail(source, error)
-                failed += 1
-    print(f"imagezoo: wrote features of {writer.count} image(s) to {args.out}"
-          + (f"; {failed} failed" if failed else ""), file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+                outcomes.append(False)
+            for source, note in batch.notes:
+                print_notes(source, [note], args.verbose)
+                noted.add(source)
+    print(f"imagezoo: wrote features of {writer.count} image(s) to {args.out}", file=sys.stderr)
+    return finish_run("extracted", outcomes, sources.skipped, noted=len(noted))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    resolve_device(args.device)
     model = engine_from_args(args, model_from_args(args), args.batch_size)
-    result = evaluate(model, args.dataset, top=args.top, ten_crop=args.ten_crop,
+    result = evaluate(model, args.dataset, top=top_from_args(args, model.card), ten_crop=args.ten_crop,
                       batch_size=args.batch_size, workers=args.workers, device=args.device,
                       progress=args.progress, classes_file=args.classes)
     for source, error in result.failed:
         print(f"imagezoo: {error}", file=sys.stderr)
-    print(json.dumps(result.to_dict()) if args.json else format_report(result))
-    return EXIT_SOME_FAILED if result.failed else EXIT_OK
+    if result.count:
+        print(json.dumps(result.to_dict()) if args.json else format_report(result))
+    return finish_run("evaluated", [True] * result.count + [False] * len(result.failed), [])
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    resolve_device(args.device)
     if args.model is None and args.weights is not None:
         base, weights = args.weights, None
     else:
@@ -473,8 +535,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="imagezoo: %(message)s")
+    configure_logging(args.verbose)
     try:
         return args.handler(args)
     except ImagezooError as error:

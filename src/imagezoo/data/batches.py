@@ -6,7 +6,7 @@ to the tensors of the good ones, so the caller reports it in its place and carri
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageDecodeError
+from .decode_guard import preprocess_reason
 from .images import load_image
 from .transforms import Preprocess, preprocess_image
 
@@ -23,10 +24,15 @@ class Batch:
     indices: list[int]                 # positions in the source list of the rows of ``tensor``
     tensor: torch.Tensor | None        # N x 3 x H x W (or N x crops x 3 x H x W), None if all failed
     failures: list[tuple[int, str]]    # (position, message) of the inputs that failed
+    notes: list[tuple[int, str]] = field(default_factory=list)  # (position, what the decoder said)
 
 
 class ImageDataset(Dataset):
-    """Item ``i``: (i, preprocessed tensor or None, error message or None)."""
+    """Item ``i``: (i, preprocessed tensor or None, error message or None, notes).
+
+    Nothing an input does escapes ``__getitem__``: a decoder's exception is its error
+    (``load_image``), and so is one from preprocessing (an image too small or too odd for the
+    transform), so a DataLoader worker never dies of one file."""
 
     def __init__(self, sources: list[str], spec: Preprocess,
                  transform: Callable[[Image.Image, Preprocess], torch.Tensor] = preprocess_image,
@@ -40,21 +46,27 @@ class ImageDataset(Dataset):
         return len(self.sources)
 
     def __getitem__(self, index: int):
+        notes: list[str] = []
+        source = self.sources[index]
         try:
-            image = load_image(self.sources[index], draft_size=self.draft_size)
+            image = load_image(source, draft_size=self.draft_size, notes=notes)
         except ImageDecodeError as error:
-            return index, None, str(error)
-        if getattr(self.transform, "takes_index", False):
-            # Augmenting transforms draw their randomness from the image's index.
-            return index, self.transform(image, self.spec, index), None
-        return index, self.transform(image, self.spec), None
+            return index, None, str(error), notes
+        try:
+            if getattr(self.transform, "takes_index", False):
+                # Augmenting transforms draw their randomness from the image's index.
+                return index, self.transform(image, self.spec, index), None, notes
+            return index, self.transform(image, self.spec), None, notes
+        except Exception as error:  # noqa: BLE001 - one input's problem, never the run's
+            return index, None, f"{source}: {preprocess_reason(error)}", notes
 
 
 def collate(items) -> Batch:
-    good = [(index, tensor) for index, tensor, _ in items if tensor is not None]
-    failures = [(index, error) for index, tensor, error in items if tensor is None]
+    good = [(index, tensor) for index, tensor, _, _ in items if tensor is not None]
+    failures = [(index, error) for index, tensor, error, _ in items if tensor is None]
+    notes = [(index, note) for index, _, _, item_notes in items for note in item_notes]
     tensor = torch.stack([t for _, t in good]) if good else None
-    return Batch([index for index, _ in good], tensor, failures)
+    return Batch([index for index, _ in good], tensor, failures, notes)
 
 
 # The batch size of the inference commands. Small batches keep the pipeline full: the model

@@ -29,7 +29,7 @@ ignored; a blank line before the last name would shift every later class and is 
 
 **Class folders** (torchvision's ``ImageFolder`` layout): one subfolder per class below the
 root, each holding that class's images at any depth (files with an image extension; see
-``sources.IMAGE_EXTENSIONS``). Without a class list, the sorted folder names become label
+``sources.image_extensions()``, every format the installed Pillow decodes). Without a class list, the sorted folder names become label
 indices 0, 1, 2 …; with one, each folder name is looked up in it. Hidden folders (names
 starting with ``.``, e.g. ``.ipynb_checkpoints``) are not classes, and images lying directly
 in the root are ignored with a warning. A class folder without images keeps its index (so the
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DatasetError
-from .sources import IMAGE_EXTENSIONS, images_in_folder
+from .sources import image_extensions, images_in_folder
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,8 @@ def read_class_folders(folder: str | os.PathLike, classes: list[str] | None = No
         raise DatasetError(f"{folder}: no images in its class folders "
                            f"({', '.join(names[:MAX_PROBLEMS_SHOWN])}"
                            f"{', …' if len(names) > MAX_PROBLEMS_SHOWN else ''}); image files "
-                           f"end in {', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, …")
+                           f"end in .jpg, .png, .webp, .tif, … (the {len(image_extensions())} "
+                           f"extensions Pillow decodes here)")
     return LabelledSet(items, classes, str(folder), [None] * len(items))
 
 
@@ -303,7 +304,7 @@ def _folder_indices(folder: Path, names: list[str], classes: list[str]) -> dict[
 
 def _images_directly_in(folder: Path) -> int:
     return sum(1 for entry in folder.iterdir()
-               if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS)
+               if entry.is_file() and entry.suffix.lower() in image_extensions())
 
 
 def _read_lines(path: Path, what: str) -> list[str]:

@@ -11,8 +11,10 @@ What a camera or an editor writes varies a lot; all of it becomes the same RGB i
 * Pillow's decompression-bomb guard stays on: an image over twice ``Image.MAX_IMAGE_PIXELS``
   is refused with an ``ImageDecodeError``.
 
-Every failure (missing, unreadable, empty, truncated, not an image) is an ``ImageDecodeError``
-whose message starts with the input's name.
+Every failure (missing, unreadable, empty, truncated, corrupt, unsupported, too large; any
+exception a decoder raises) is an ``ImageDecodeError`` whose message starts with the input's
+name and says why in words; what the decoder says along the way (warnings, libtiff's lines)
+is attached to the input (see ``decode_guard``).
 """
 from __future__ import annotations
 
@@ -24,11 +26,26 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from ..errors import ImageDecodeError
+from .decode_guard import (attributed_to_input, claimed_format, native_stderr_captured,
+                           reason_for)
 
 log = logging.getLogger(__name__)
+
+
+def _register_optional_plugins() -> None:
+    """HEIF/HEIC photos (iPhones' default) decode when ``pillow-heif`` is installed
+    (``pip install imagezoo[heif]``); AVIF is built into Pillow's own wheels since 11.3."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
+
+
+_register_optional_plugins()
 
 URL_TIMEOUT_SECONDS = 20.0
 URL_MAX_BYTES = 50 * 1024 * 1024
@@ -62,16 +79,19 @@ def read_url(url: str, timeout: float | None = None, max_bytes: int | None = Non
     return data
 
 
-def load_image(source: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
+def load_image(source: str | os.PathLike, draft_size: int | None = None,
+               notes: list[str] | None = None) -> Image.Image:
     """Open a path or URL and return an 8-bit RGB image.
 
     ``draft_size``: when given and the file is a JPEG, let libjpeg decode at a reduced scale
     that still keeps the shorter side at least this large (much faster for big photos; the
     pixels differ slightly from a full decode, so exact predictions leave it off).
+    ``notes``: receives what the decoder said about this input (warnings, library messages);
+    without it they are logged with the input's name.
     """
     name = str(source)
     if is_url(name):
-        return decode_bytes(read_url(name), name, draft_size)
+        return decode_bytes(read_url(name), name, draft_size, notes)
     path = Path(source)
     try:
         data = path.read_bytes()
@@ -83,30 +103,62 @@ def load_image(source: str | os.PathLike, draft_size: int | None = None) -> Imag
         raise ImageDecodeError(f"{name}: permission denied") from None
     except OSError as error:
         raise ImageDecodeError(f"{name}: cannot read ({error.strerror or error})") from None
-    return decode_bytes(data, name, draft_size)
+    return decode_bytes(data, name, draft_size, notes)
 
 
-def decode_bytes(data: bytes, name: str, draft_size: int | None = None) -> Image.Image:
-    """Decode an encoded image held in memory; ``name`` is used in error messages."""
+def decode_bytes(data: bytes, name: str, draft_size: int | None = None,
+                 notes: list[str] | None = None) -> Image.Image:
+    """Decode an encoded image held in memory; ``name`` is used in error messages.
+
+    The one guarded boundary around Pillow: any exception a decoder raises for this input
+    becomes an ``ImageDecodeError`` naming the input and the reason in words (see
+    ``decode_guard.reason_for``); what the decoder says on the way goes to ``notes``."""
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
-    try:
-        image = Image.open(io.BytesIO(data))
-        if draft_size is not None and image.format == "JPEG":
-            image.draft("RGB", (draft_size, draft_size))
-        image.load()
-    except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"{name}: refused as a possible decompression bomb ({error})") from None
-    except UnidentifiedImageError:
-        raise ImageDecodeError(f"{name}: not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        # Pillow reports truncated and corrupt data as OSError (and a few decoders as others).
-        raise ImageDecodeError(f"{name}: corrupt or truncated image ({error})") from None
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception as error:  # a malformed EXIF block must not lose the picture
-        log.warning("%s: ignoring unreadable EXIF orientation (%s)", name, error)
-    return to_rgb(image)
+    image_format = None
+    with attributed_to_input() as said:
+        try:
+            image = Image.open(io.BytesIO(data))
+            image_format = image.format
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            with native_stderr_captured(image_format) as native:
+                try:
+                    image.load()
+                except Exception as error:  # noqa: BLE001 - every decoder failure is this input's
+                    raise _Failed(error, native) from None
+            said.extend(native)
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception as error:  # noqa: BLE001 - a malformed EXIF block must not lose the picture
+                said.append(f"ignoring unreadable EXIF orientation ({error})")
+            rgb = to_rgb(image)
+        except _Failed as failed:
+            raise ImageDecodeError(
+                f"{name}: {reason_for(failed.error, image_format, failed.native)}") from None
+        except Exception as error:  # noqa: BLE001 - MemoryError included: see the docstring
+            image_format = image_format or claimed_format(data)
+            raise ImageDecodeError(f"{name}: {reason_for(error, image_format)}") from None
+        finally:
+            _hand_over(said, name, notes)
+    return rgb
+
+
+class _Failed(Exception):
+    """A load that failed, with the native lines printed while it ran."""
+
+    def __init__(self, error: BaseException, native: list[str]):
+        super().__init__(str(error))
+        self.error, self.native = error, native
+
+
+def _hand_over(said: list[str], name: str, notes: list[str] | None) -> None:
+    unique = list(dict.fromkeys(said))
+    if notes is not None:
+        notes.extend(unique)
+    else:
+        for note in unique:
+            log.warning("%s: %s", name, note)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -126,9 +178,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         scaled = np.clip(np.round(pixels.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
         return Image.fromarray(scaled, mode="L").convert("RGB")
     if mode == "F":
-        pixels = np.asarray(image, dtype=np.float64)
+        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0,
+                               neginf=0.0)
         # Float images are taken to be 0..1 when they fit there, else 0..255.
-        factor = 255.0 if pixels.size and np.nanmax(pixels) <= 1.0 else 1.0
-        scaled = np.clip(np.round(np.nan_to_num(pixels) * factor), 0, 255).astype(np.uint8)
+        factor = 255.0 if pixels.size and pixels.max() <= 1.0 else 1.0
+        scaled = np.clip(np.round(pixels * factor), 0, 255).astype(np.uint8)
         return Image.fromarray(scaled, mode="L").convert("RGB")
     return image.convert("RGB")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
 import numpy as np
@@ -14,6 +14,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..card import ModelCard
+from ..errors import ImageDecodeError, ImagezooError
+from ..data.decode_guard import preprocess_reason
 from ..data.batches import INFERENCE_BATCH, ImageDataset, image_batches
 from ..data.images import load_image, to_rgb
 from ..data.sources import expand_sources
@@ -36,28 +38,66 @@ class Prediction:
     input: str
     predictions: list[Ranked] | None = None
     error: str | None = None
+    notes: list[str] = field(default_factory=list)  # what the decoder said about this input
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict:
+        record: dict = {"input": self.input}
         if self.error is not None:
-            return {"input": self.input, "error": self.error}
-        return {"input": self.input,
-                "predictions": [r._asdict() for r in self.predictions]}
+            record["error"] = self.error
+        else:
+            record["predictions"] = [r._asdict() for r in self.predictions]
+        if self.notes:
+            record["warnings"] = self.notes
+        return record
+
+
+class Predictions(list):
+    """``classify``'s answer: one ``Prediction`` per image in input order, and ``skipped``,
+    the files of the folders walked that were not taken as images, with the reason."""
+
+    def __init__(self, items=(), skipped=()):
+        super().__init__(items)
+        self.skipped: list[tuple[str, str]] = list(skipped)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (a GPU when there is one, else the CPU), or the device named, which must be
+    there: asking for a GPU on a machine without one is an ``ImagezooError``, not a crash
+    half-way through the run."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ImagezooError(f"unknown device {device!r} ({error})") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ImagezooError(f"device {device!r} is not available: this PyTorch sees no CUDA GPU "
+                            f"(use --device cpu or auto)")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ImagezooError(f"device {device!r} is not available: this machine has "
+                            f"{torch.cuda.device_count()} CUDA GPU(s)")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ImagezooError(f"device {device!r} is not available on this machine")
+    return chosen
+
+
+def capped_top(top: int, card: ModelCard) -> int:
+    """How many classes a top-``top`` list can hold: ``top``, or every class of a model that
+    has fewer (a 2-class model asked for its top 5 ranks both). The CLI says when it caps."""
+    if top < 1:
+        raise ImagezooError(f"top must be at least 1, not {top}")
+    return min(top, card.num_classes)
 
 
 def preprocess(image: str | os.PathLike | Image.Image | np.ndarray, card: ModelCard,
                ten_crop: bool = False) -> torch.Tensor:
     """One image (path, URL, PIL image or H x W x 3 uint8 array) -> 1 x 3 x H x W model input
     (1 x 10 x 3 x H x W with ``ten_crop``)."""
+    name = "image" if isinstance(image, (np.ndarray, Image.Image)) else str(image)
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     if isinstance(image, Image.Image):
@@ -65,7 +105,10 @@ def preprocess(image: str | os.PathLike | Image.Image | np.ndarray, card: ModelC
     else:
         image = load_image(image)
     transform = preprocess_ten_crop if ten_crop else preprocess_image
-    return transform(image, card.preprocess).unsqueeze(0)
+    try:
+        return transform(image, card.preprocess).unsqueeze(0)
+    except Exception as error:  # noqa: BLE001 - an odd image is its own error, never a crash
+        raise ImageDecodeError(f"{name}: {preprocess_reason(error)}") from None
 
 
 def show_progress(requested: bool) -> bool:
@@ -101,7 +144,7 @@ def class_probabilities(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 def top_classes(probabilities: torch.Tensor, card: ModelCard, k: int) -> list[list[Ranked]]:
     """Each row of an N x C probability matrix -> its ``k`` most likely classes, best first."""
-    values, classes = probabilities.topk(max(1, min(k, card.num_classes)), dim=1)
+    values, classes = probabilities.topk(capped_top(k, card), dim=1)
     return [[Ranked(rank + 1, int(c), card.labels[int(c)], float(p))
              for rank, (p, c) in enumerate(zip(value_row, class_row))]
             for value_row, class_row in zip(values, classes)]
@@ -109,21 +152,27 @@ def top_classes(probabilities: torch.Tensor, card: ModelCard, k: int) -> list[li
 
 def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.PathLike], top: int = 5,
              batch_size: int = INFERENCE_BATCH, workers: int | None = None, device: str = "auto",
-             progress: bool = False, ten_crop: bool = False, draft: bool = False) -> list[Prediction]:
+             progress: bool = False, ten_crop: bool = False, draft: bool = False,
+             all_files: bool = False) -> Predictions:
     """Classify every image named by ``inputs`` (files, folders, list files, URLs).
 
     Returns one ``Prediction`` per image in input order; an image that cannot be read gets
-    its error instead of predictions, and the others are classified all the same.
+    its error instead of predictions (with the reason in words), and the others are
+    classified all the same. What a decoder said about an image is in its ``notes``.
+    Folders are walked by extension (every format the installed Pillow decodes), or by
+    content with ``all_files``; the files left out are in the result's ``skipped``.
+    ``top`` above the model's class count ranks every class (see ``capped_top``).
     ``ten_crop`` averages the probabilities of torchvision's ten crops (four corners and the
     centre, and their mirror images) taken after the card's resize.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    sources = expand_sources(inputs)
+    sources = expand_sources(inputs, all_files)
     card: ModelCard = model.card
+    capped_top(top, card)
     target = resolve_device(device)
     model = model.to(target).eval()
-    results: list[Prediction | None] = [None] * len(sources)
+    results = Predictions([None] * len(sources), sources.skipped)
     dataset = image_dataset(sources, card, ten_crop, draft)
     bar = tqdm(total=len(sources), unit="img", file=sys.stderr, disable=not show_progress(progress))
     with torch.inference_mode(), bar:
@@ -135,6 +184,8 @@ def classify(model: nn.Module, inputs: str | os.PathLike | Iterable[str | os.Pat
                 probabilities = class_probabilities(model, batch.tensor.to(target)).cpu()
                 for index, ranked in zip(batch.indices, top_classes(probabilities, card, top)):
                     results[index] = Prediction(sources[index], predictions=ranked)
+            for index, note in batch.notes:
+                results[index].notes.append(note)
             bar.update(len(batch.indices) + len(batch.failures))
     return results
 

@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import torch
@@ -100,6 +100,7 @@ class FeatureBatch:
     inputs: list[str]                       # the images of these rows, in order
     features: dict[str, torch.Tensor]       # layer name -> len(inputs) x ...
     failures: list[tuple[str, str]]         # (input, error) of the images that failed
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (input, what the decoder said)
 
 
 def iter_features(model: nn.Module, sources: list[str], layers: list[str], pool: str | None = None,
@@ -125,7 +126,8 @@ def iter_features(model: nn.Module, sources: list[str], layers: list[str], pool:
             failures = [(sources[i], message) for i, message in batch.failures]
             features = ({} if batch.tensor is None else
                         features_of_batch(model, refs, batch.tensor.to(target), pool, tap))
-            yield FeatureBatch([sources[i] for i in batch.indices], features, failures)
+            notes = [(sources[i], note) for i, note in batch.notes]
+            yield FeatureBatch([sources[i] for i in batch.indices], features, failures, notes)
             bar.update(len(batch.indices) + len(batch.failures))
 
 
