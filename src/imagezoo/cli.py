@@ -376,6 +376,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
+    resolve_device(args.device)
     model = model_from_args(args)
     if args.precision != "exact":
         # A feature file is only as good as its numbers: no bf16/int8 here, whatever was asked.
@@ -383,7 +384,6 @@ def run_features(args: argparse.Namespace) -> int:
               file=sys.stderr)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     resolve_layers(model, layers)  # an unknown name fails before any image is read
-    resolve_device(args.device)
     sources = expand_sources(args.inputs, all_files=args.all_files)
     if not sources:
         raise NoImagesError(args.inputs, sources.skipped)

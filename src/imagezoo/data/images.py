@@ -24,6 +24,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -107,12 +108,15 @@ def load_image(source: str | os.PathLike, draft_size: int | None = None,
 
 
 def decode_bytes(data: bytes, name: str, draft_size: int | None = None,
-                 notes: list[str] | None = None) -> Image.Image:
+                 notes: list[str] | None = None,
+                 check_size: Callable[[int, int, str], None] | None = None) -> Image.Image:
     """Decode an encoded image held in memory; ``name`` is used in error messages.
 
     The one guarded boundary around Pillow: any exception a decoder raises for this input
     becomes an ``ImageDecodeError`` naming the input and the reason in words (see
-    ``decode_guard.reason_for``); what the decoder says on the way goes to ``notes``."""
+    ``decode_guard.reason_for``); what the decoder says on the way goes to ``notes``.
+    ``check_size(width, height, name)`` runs on the header's size before any pixel is
+    decoded, and refuses an image by raising ``ImageDecodeError`` (the server's limits)."""
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
     image_format = None
@@ -120,6 +124,8 @@ def decode_bytes(data: bytes, name: str, draft_size: int | None = None,
         try:
             image = Image.open(io.BytesIO(data))
             image_format = image.format
+            if check_size is not None:
+                check_size(*image.size, name)
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             with native_stderr_captured(image_format) as native:
@@ -133,6 +139,8 @@ def decode_bytes(data: bytes, name: str, draft_size: int | None = None,
             except Exception as error:  # noqa: BLE001 - a malformed EXIF block must not lose the picture
                 said.append(f"ignoring unreadable EXIF orientation ({error})")
             rgb = to_rgb(image)
+        except ImageDecodeError:
+            raise
         except _Failed as failed:
             raise ImageDecodeError(
                 f"{name}: {reason_for(failed.error, image_format, failed.native)}") from None

@@ -32,7 +32,7 @@ from .. import __version__
 from ..data.images import decode_bytes
 from ..errors import ImageDecodeError
 from ..tasks.classify import classify_input, draft_size, preprocess
-from .limits import MAX_UPLOAD_BYTES, UploadLimit, check_image_shape, size_text
+from .limits import MAX_UPLOAD_BYTES, UploadLimit, check_image_size, size_text
 
 STATIC = Path(__file__).parent / "static"
 
@@ -98,8 +98,8 @@ def create_app(model: nn.Module, top: int = 5, ten_crop: bool = False,
                                      f"{size_text(max_upload_bytes)}")
         try:
             with decode_slots:
-                check_image_shape(data, name)
-                batch = preprocess(decode_bytes(data, name, draft_side), card, ten_crop)
+                image = decode_bytes(data, name, draft_side, check_size=check_image_size)
+                batch = preprocess(image, card, ten_crop)
         except ImageDecodeError as error:
             raise HTTPException(400, str(error)) from None
         with forward_lock:
