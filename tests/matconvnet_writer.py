@@ -6,6 +6,11 @@ through ``scipy.io.savemat``; v7.3 is laid out with h5py as MATLAB's ``save -v7.
 a 512-byte text header, arrays stored transposed (column-major), uint16 ``char`` strings,
 cell arrays and struct-array fields as object references into ``#refs#``.
 
+``write_net`` keeps the whole network in one variable ``net`` with ``state`` and ``stats``
+beside it, as ``cnn_train_dag`` checkpoints do (``net = net_.saveobj() ; save(fileName, 'net',
+'state')``, then ``save(fileName, 'stats', '-append')``); ``write_simplenn`` writes a SimpleNN
+chain (``layers`` a cell array of structs with ``type`` and ``weights``).
+
 Only tests use this; it is written independently of the importer on purpose.
 """
 from __future__ import annotations
@@ -138,6 +143,14 @@ def write_v5(path: str | Path, params: dict[str, np.ndarray] | None, meta_struct
     return Path(path)
 
 
+def write_variables_v5(path: str | Path, variables: dict) -> Path:
+    """Any variables (dict = struct, list of dicts = 1 x N struct array, Cell, str, array)."""
+    import scipy.io
+    scipy.io.savemat(str(path), {name: _to_scipy(value) for name, value in variables.items()},
+                     do_compression=True, oned_as="column")
+    return Path(path)
+
+
 def _to_scipy(value):
     if isinstance(value, Cell):
         cell = np.empty((1, len(value)), dtype=object)
@@ -146,6 +159,13 @@ def _to_scipy(value):
         return cell
     if isinstance(value, dict):
         return {key: _to_scipy(item) for key, item in value.items()}
+    if isinstance(value, list):                      # a struct array: one record per element
+        fields = list(value[0])
+        struct = np.empty((1, len(value)), dtype=[(field, object) for field in fields])
+        for index, record in enumerate(value):
+            for field in fields:
+                struct[field][0, index] = _to_scipy(record[field])
+        return struct
     return value
 
 
@@ -167,12 +187,28 @@ def write_v73(path: str | Path, params: dict[str, np.ndarray] | None, meta_struc
             writer.write_struct_array(handle, "params", records)
         if meta_struct is not None:
             writer.write(handle, "meta", meta_struct)
+    _write_v73_header(path)
+    return path
+
+
+def write_variables_v73(path: str | Path, variables: dict) -> Path:
+    """As ``write_variables_v5``, laid out as MATLAB's ``save -v7.3`` does."""
+    import h5py
+    path = Path(path)
+    with h5py.File(path, "w", userblock_size=512) as handle:
+        writer = _V73Writer(handle)
+        for name, value in variables.items():
+            writer.write(handle, name, value)
+    _write_v73_header(path)
+    return path
+
+
+def _write_v73_header(path: Path) -> None:
     created = time.strftime("%a %b %d %H:%M:%S %Y")
     text = f"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: {created} HDF5 schema 1.00 ."
     header = text.encode("ascii").ljust(116, b" ") + bytes(8) + b"\x00\x02" + b"IM"
     with open(path, "r+b") as raw:
         raw.write(header.ljust(512, b"\x00"))
-    return path
 
 
 class _V73Writer:
@@ -249,3 +285,78 @@ def _ref_name(counter: int) -> str:
         counter //= 26
         if counter == 0:
             return name
+
+
+# ---------------------------------------------------------------------------------------------
+#                                  a whole network in one variable, as cnn_train(_dag) saves it
+# ---------------------------------------------------------------------------------------------
+
+VARIABLE_WRITERS = {"v5": write_variables_v5, "v7.3": write_variables_v73}
+
+
+def dagnn_struct(params: dict[str, np.ndarray], meta_struct: dict) -> dict:
+    """What ``DagNN.saveobj`` returns: params, meta, and layers/vars (never read by imagezoo,
+    but present in real files, so a few realistic records are written)."""
+    first, second = list(params)[:2]
+    layers = [
+        {"name": "conv1", "type": "dagnn.Conv", "inputs": Cell(["data"]), "outputs": Cell(["conv1"]),
+         "params": Cell([first, second]),
+         "block": {"size": np.array([[7.0, 7.0, 3.0, 16.0]]), "hasBias": np.array([[1.0]]),
+                   "pad": np.array([[3.0, 3.0, 3.0, 3.0]]), "stride": np.array([[2.0, 2.0]])}},
+        {"name": "pool1", "type": "dagnn.Pooling", "inputs": Cell(["conv1"]),
+         "outputs": Cell(["pool1"]), "params": Cell(["none"]),
+         "block": {"method": "max", "poolSize": np.array([[3.0, 3.0]]),
+                   "pad": np.array([[0.0, 1.0, 0.0, 1.0]])}},
+    ]
+    variables = [{"name": "data", "precious": np.array([[0.0]])},
+                 {"name": "conv1", "precious": np.array([[0.0]])}]
+    return {"layers": layers, "vars": variables, "params": _param_records(params),
+            "meta": meta_struct}
+
+
+def checkpoint_companions(params: dict[str, np.ndarray]) -> dict:
+    """``state`` and ``stats`` as cnn_train_dag saves them beside ``net``."""
+    solver_state = Cell([np.zeros_like(value) for value in list(params.values())[:3]])
+    epoch = {"num": np.array([[512.0]]), "time": np.array([[12.5]]),
+             "objective": np.array([[2.1]]), "top1err": np.array([[0.7]])}
+    return {"state": {"solverState": solver_state},
+            "stats": {"train": [epoch, dict(epoch, objective=np.array([[1.9]]))],
+                      "val": [epoch, dict(epoch, top1err=np.array([[0.6]]))]}}
+
+
+def write_net(path: str | Path, version: str, params: dict[str, np.ndarray], meta_struct: dict,
+              companions: bool = True) -> Path:
+    """A DagNN kept whole in the variable ``net`` (a cnn_train_dag checkpoint when
+    ``companions``: ``state`` and ``stats`` beside it)."""
+    variables = {"net": dagnn_struct(params, meta_struct)}
+    if companions:
+        variables.update(checkpoint_companions(params))
+    return VARIABLE_WRITERS[version](path, variables)
+
+
+def simplenn_layers() -> Cell:
+    """A small vl_simplenn chain: a cell array of layer structs with type and weights."""
+    rng = np.random.default_rng(0)
+    return Cell([
+        {"type": "conv", "name": "conv1",
+         "weights": Cell([rng.standard_normal((3, 3, 3, 8)).astype(np.float32),
+                          np.zeros((8, 1), np.float32)]),
+         "stride": np.array([[1.0, 1.0]]), "pad": np.array([[1.0, 1.0, 1.0, 1.0]])},
+        {"type": "relu", "name": "relu1"},
+        {"type": "pool", "name": "pool1", "method": "max", "pool": np.array([[2.0, 2.0]]),
+         "stride": np.array([[2.0, 2.0]]), "pad": np.array([[0.0, 0.0, 0.0, 0.0]])},
+        {"type": "softmax", "name": "prob"},
+    ])
+
+
+def write_simplenn(path: str | Path, version: str, under_net: bool) -> Path:
+    """A SimpleNN network: ``layers`` and ``meta`` at top level (imagenet-vgg-f.mat) or in
+    ``net`` with ``state`` beside it (a cnn_train checkpoint)."""
+    network = {"layers": simplenn_layers(), "meta": meta(descriptions=["a", "b"])}
+    variables = {"net": network, "state": {"epoch": np.array([[3.0]])}} if under_net else network
+    return VARIABLE_WRITERS[version](path, variables)
+
+
+def _param_records(params: dict[str, np.ndarray]) -> list[dict]:
+    return [{"name": name, "value": value, "learningRate": np.array([[1.0]]),
+             "weightDecay": np.array([[1.0]])} for name, value in params.items()]

@@ -313,3 +313,72 @@ def test_command_line_export_then_classify_with_onnx_runtime(tmp_path, capsys, c
                  "--out", str(tmp_path / "f.npz")]) == 2
     assert "exposes no layers" in capsys.readouterr().err
     assert main(["export", "efficientnet_lite0"]) == 2
+
+
+# --- TorchScript files back in imagezoo ------------------------------------------------------
+
+def test_torchscript_file_loads_as_a_model_and_classifies_like_the_original(small_resnet, cat_photo,
+                                                                             tmp_path):
+    import warnings
+    from imagezoo.export import TorchScriptModel
+    from imagezoo.weights.formats import detect_format
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # torch.jit.save's own notice
+        path = export_torchscript(small_resnet, tmp_path / "tiny.pt")
+    assert detect_format(path) == "torchscript"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = imagezoo.load_model(path)
+        assert isinstance(loaded, TorchScriptModel) and not loaded.training
+        assert not loaded.program.training
+        [theirs] = imagezoo.classify(loaded, cat_photo, top=10, device="cpu", workers=0)
+    assert [str(w.message) for w in caught] == []
+    assert loaded.card.preprocess == raw_pixel_preprocess(small_resnet.card.preprocess)
+    assert loaded.card.labels == small_resnet.card.labels and loaded.card.name == "tiny_resnet"
+    [ours] = imagezoo.classify(small_resnet, cat_photo, top=10, device="cpu", workers=0)
+    assert theirs.ok, theirs.error
+    assert [r.index for r in theirs.predictions] == [r.index for r in ours.predictions]
+    assert [r.label for r in theirs.predictions] == [r.label for r in ours.predictions]
+    np.testing.assert_allclose([r.probability for r in theirs.predictions],
+                               [r.probability for r in ours.predictions], rtol=0, atol=1e-5)
+    # compiled code runs no forward hooks: features are refused in one line, not half-made
+    from imagezoo.models.layers import UnknownLayerError
+    with pytest.raises(UnknownLayerError, match="TorchScriptModel exposes no layers"):
+        imagezoo.extract_features(loaded, cat_photo, ["program.model.layer1"])
+
+
+def test_torchscript_files_that_cannot_run_are_refused_in_one_line(small_resnet, tmp_path):
+    import warnings
+    foreign = tmp_path / "foreign.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), str(foreign))
+        damaged = export_torchscript(small_resnet, tmp_path / "damaged.pt")
+    data = bytearray(damaged.read_bytes())
+    record = data.find(b"data.pkl")         # its local header's name; the record follows it
+    data[record + 40:record + 240] = bytes(200)
+    damaged.write_bytes(bytes(data))
+    for path, words in [(foreign, "a TorchScript file not exported by imagezoo (no "
+                                  "'imagezoo.card' extra file)"),
+                        (damaged, "TorchScript cannot load it")]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(WeightsError) as error:
+                imagezoo.load_model(path)
+        assert str(error.value).startswith(f"{path}: {words}")
+        assert "\n" not in str(error.value) and "weights_only" not in str(error.value)
+        assert [str(w.message) for w in caught] == []
+
+
+def test_command_line_classifies_with_a_torchscript_file(small_resnet, cat_photo, tmp_path, capsys):
+    import warnings
+    from imagezoo.cli import main
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        path = export_torchscript(small_resnet, tmp_path / "tiny.pt")
+    assert main(["classify", str(cat_photo), "--model", str(path), "--json", "--top", "3"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    [expected] = imagezoo.classify(small_resnet, cat_photo, top=3, device="cpu", workers=0)
+    assert [p["index"] for p in record["predictions"]] == [r.index for r in expected.predictions]
+    assert "Warning" not in captured.err and "weights_only" not in captured.err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from imagezoo.model_folder import MEAN_IMAGE_FILE
 from imagezoo.models.resnet import resnet
 from imagezoo.tasks.convert import convert, inspect_weights
 from imagezoo.weights.formats import detect_format
-from conftest import shared_fixture
+from conftest import ROOT, shared_fixture
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +166,110 @@ def test_cli_weights_alone_bring_their_architecture(paddle_folder, tmp_path, cap
     model = imagezoo.load_model(paddle_folder)
     [expected] = imagezoo.classify(model, photo, top=3)
     assert [p["index"] for p in record["predictions"]] == [r.index for r in expected.predictions]
+
+
+# --- torch.save files: the legacy (pre-zip) layout, truncation, TorchScript -------------------
+
+
+def _state() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {"conv.weight": torch.randn(8, 3, 3, 3, generator=generator),
+            "bn.running_mean": torch.randn(8, generator=generator),
+            "bn.num_batches_tracked": torch.tensor(7),
+            "fc.weight": torch.randn(4, 8, generator=generator).half()}
+
+
+@pytest.mark.parametrize("wrapper", ["plain", "checkpoint"])
+def test_legacy_torch_file_round_trip(tmp_path, wrapper):
+    from imagezoo.weights.torch_state import read_state_dict
+    state = _state()
+    saved = state if wrapper == "plain" else {
+        "state_dict": {f"module.{k}": v for k, v in state.items()}, "best_prec1": 91.7}
+    path = tmp_path / "legacy.pth"
+    torch.save(saved, path, _use_new_zipfile_serialization=False)
+    assert path.read_bytes()[:1] == b"\x80" and not zipfile.is_zipfile(path)
+    assert detect_format(path) == "torch"
+    tensors = read_state_dict(path)
+    assert tensors.keys() == state.keys()
+    for name, tensor in state.items():
+        expected = tensor.float() if tensor.is_floating_point() else tensor
+        assert torch.equal(tensors[name], expected), name
+    assert tensors["fc.weight"].dtype == torch.float32
+
+
+def test_legacy_file_with_code_is_refused(tmp_path):
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+    path = tmp_path / "evil.pth"
+    torch.save({"x": RunsCode()}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(WeightsError, match="refused to load: the file holds pickled code") as error:
+        imagezoo.load_model(path)
+    message = str(error.value)
+    assert message.endswith("(Unsupported global: GLOBAL print was not an allowed global by default)")
+    assert "weights_only" not in message and "safe_globals" not in message
+
+
+def test_publisher_cifar_files_load_as_state_dicts():
+    from imagezoo.weights.torch_state import read_state_dict
+    folder = ROOT.parent / "shared" / "weights" / "cifar10"
+    files = sorted(folder.glob("resnet*.th"))
+    if not files:
+        pytest.skip(f"the CIFAR-10 weights are not in {folder}")
+    for path, blocks in zip(files, (3, 5, 7, 9)):           # resnet20, 32, 44, 56
+        assert path.read_bytes()[:1] == b"\x80" and not zipfile.is_zipfile(path)  # legacy
+        raw = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        tensors = read_state_dict(path)
+        assert tensors.keys() == {name.removeprefix("module.") for name in raw}
+        for name, tensor in raw.items():
+            assert torch.equal(tensors[name.removeprefix("module.")], tensor), name
+        assert tensors["linear.weight"].shape == (10, 64)
+        assert tensors["conv1.weight"].shape == (16, 3, 3, 3)
+        assert f"layer3.{blocks - 1}.conv2.weight" in tensors and f"layer3.{blocks}.conv2.weight" not in tensors
+
+
+def _cut_points(data: bytes) -> list[int]:
+    return [1, 2, 40, len(data) // 3, len(data) // 2, len(data) - 1]
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_truncated_torch_file_says_truncated(tmp_path, layout):
+    from imagezoo.weights.torch_state import read_state_dict
+    whole = tmp_path / "whole.pth"
+    torch.save(_state(), whole, _use_new_zipfile_serialization=(layout == "zip"))
+    data = whole.read_bytes()
+    path = tmp_path / "cut.pth"
+    for keep in _cut_points(data):
+        if layout == "zip" and keep < 4:
+            continue                      # fewer bytes than the zip signature: nothing to tell
+        path.write_bytes(data[:keep])
+        assert detect_format(path) == "torch", keep
+        for read in (read_state_dict, imagezoo.load_model):
+            with pytest.raises(WeightsError) as error:
+                read(path)
+            message = str(error.value)
+            assert message.startswith(f"{path}: truncated or damaged PyTorch file ("), (keep, message)
+            assert "\n" not in message and "weights_only" not in message
+
+
+def test_torchscript_archive_is_detected_and_not_read_as_weights(tmp_path, recwarn):
+    from imagezoo.weights.torch_state import is_torchscript_file, read_state_dict
+    scripted = torch.jit.trace(torch.nn.Linear(3, 2), torch.zeros(1, 3))
+    path = tmp_path / "program.pt"
+    with pytest.warns(DeprecationWarning):
+        torch.jit.save(scripted, str(path))
+    recwarn.clear()
+    names = zipfile.ZipFile(path).namelist()
+    assert any(name.endswith("/constants.pkl") for name in names)
+    assert any("/code/" in name for name in names)
+    assert is_torchscript_file(path) and detect_format(path) == "torchscript"
+    state = tmp_path / "state.pth"
+    torch.save(scripted.state_dict(), state)
+    assert not is_torchscript_file(state) and detect_format(state) == "torch"
+    with pytest.raises(WeightsError, match="a TorchScript program .* not a state dict"):
+        read_state_dict(path)
+    with pytest.raises(WeightsError, match="a TorchScript program .*not weights"):
+        imagezoo.load_model("resnet18", weights=path)
+    with pytest.raises(WeightsError, match="not exported by imagezoo"):
+        imagezoo.load_model(path)
+    assert len(recwarn) == 0, [str(w.message) for w in recwarn]

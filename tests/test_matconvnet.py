@@ -327,3 +327,100 @@ def test_average_image_of_the_wrong_size(tmp_path, small_params):
     path = mcn.write_v5(tmp_path / "net.mat", small_params, _meta(7, np.zeros((256, 256, 3))))
     with _raises(path, "averageImage", "256x256x3"):
         read_matconvnet(path)
+
+
+# --------------------------------------------------------------------------------------------
+#                             the whole network in one variable `net` (cnn_train checkpoints)
+# --------------------------------------------------------------------------------------------
+
+def _fixture_contents() -> tuple[dict[str, np.ndarray], dict]:
+    """The fixture's params (name -> MATLAB array) and meta, read with scipy alone."""
+    import scipy.io
+    raw = scipy.io.loadmat(str(FIXTURE_MAT))
+    params = {str(record["name"][0]): record["value"] for record in raw["params"][0]}
+    meta = raw["meta"][0, 0]
+    normalization, classes = meta["normalization"][0, 0], meta["classes"][0, 0]
+    texts = lambda cell: [str(item[0]) for item in cell.ravel()]  # noqa: E731
+    return params, mcn.meta(average_image=normalization["averageImage"],
+                            descriptions=texts(classes["description"]),
+                            class_names=texts(classes["name"]))
+
+
+def _card_fields(card) -> dict:
+    """The card without what names the file (its name, file name and checksum)."""
+    fields = card.to_dict()
+    for key in ("name", "source", "sha256"):
+        fields.pop(key)
+    return fields
+
+
+@pytest.mark.parametrize("version", WRITERS)
+@pytest.mark.parametrize("companions", [True, False], ids=["with-state-stats", "net-alone"])
+def test_net_wrapped_fixture_gives_the_reference_outputs(tmp_path, version, companions):
+    _need_fixture()
+    params, meta = _fixture_contents()
+    path = mcn.write_net(tmp_path / "net-epoch-20.mat", version, params, meta, companions)
+    import scipy.io
+    if version == "v5":
+        expected_variables = {"net", "state", "stats"} if companions else {"net"}
+        assert {name for name, _, _ in scipy.io.whosmat(str(path))} == expected_variables
+
+    import imagezoo
+    model = imagezoo.load_model(path)
+    expected = np.load(FIXTURE_IO)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(expected["input"]))
+    np.testing.assert_allclose(logits.numpy(), expected["logits"], **TOLERANCE)
+    x = imagezoo.preprocess(expected["photo"], model.card)
+    np.testing.assert_allclose(x.numpy(), expected["input"], rtol=1e-5, atol=1e-5)
+
+    top_tensors, top_card = read_matconvnet(FIXTURE_MAT)
+    net_tensors, net_card = read_matconvnet(path)
+    assert net_tensors.keys() == top_tensors.keys()
+    for name, tensor in top_tensors.items():
+        assert torch.equal(net_tensors[name], tensor), name
+    assert _card_fields(net_card) == _card_fields(top_card)
+    assert np.array_equal(net_card.preprocess.mean_image, top_card.preprocess.mean_image)
+    assert net_card.name == "net-epoch-20" and net_card.source == "net-epoch-20.mat"
+
+
+@pytest.mark.parametrize("version", WRITERS)
+def test_top_level_and_net_layouts_read_alike(tmp_path, small_model, small_params, version):
+    meta = _meta(7)
+    top = WRITERS[version](tmp_path / "top.mat", small_params, meta)
+    net = mcn.write_net(tmp_path / "net.mat", version, small_params, meta)
+    top_tensors, top_card = read_matconvnet(top)
+    net_tensors, net_card = read_matconvnet(net)
+    assert all(torch.equal(net_tensors[name], tensor) for name, tensor in top_tensors.items())
+    assert net_tensors.keys() == top_tensors.keys()
+    assert _card_fields(net_card) == _card_fields(top_card)
+    imported, _ = _load(net)
+    _assert_same_logits(small_model, imported)
+
+
+@pytest.mark.parametrize("version", WRITERS)
+@pytest.mark.parametrize("under_net", [False, True], ids=["top-level", "in-net"])
+def test_simplenn_network_gets_its_own_message(tmp_path, version, under_net):
+    path = mcn.write_simplenn(tmp_path / "imagenet-vgg-f.mat", version, under_net)
+    layers = "net.layers" if under_net else "layers"
+    with pytest.raises(WeightsError) as error:
+        read_matconvnet(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: a MatConvNet SimpleNN network ({layers} as a cell "
+                              f"array), not a DagNN ResNet; imagezoo reads DagNN ResNets (")
+    assert "no branches" in message and "\n" not in message
+    assert "has no 'params'" not in message
+
+
+@pytest.mark.parametrize("version", WRITERS)
+def test_net_without_params_or_layers(tmp_path, version):
+    path = mcn.VARIABLE_WRITERS[version](tmp_path / "other.mat",
+                                         {"net": {"meta": _meta(3)}, "stats": {"x": np.ones((2, 2))}})
+    with _raises(path, "has no 'params' variable (nor 'net.params')", "net, stats"):
+        read_matconvnet(path)
+
+
+def test_net_that_is_not_a_struct(tmp_path):
+    path = mcn.write_variables_v5(tmp_path / "odd.mat", {"net": np.ones((2, 2))})
+    with _raises(path, "'net' is a MATLAB double, not a struct"):
+        read_matconvnet(path)

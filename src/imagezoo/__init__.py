@@ -23,13 +23,15 @@ from .models.layers import UnknownLayerError, list_layers  # noqa: E402
 from .tasks.evaluate import Evaluation, evaluate  # noqa: E402
 from .tasks.finetune import FinetuneResult, finetune  # noqa: E402
 from .engine import Engine, optimize  # noqa: E402
-from .export import ExportError, OnnxModel, export_onnx, export_torchscript  # noqa: E402
+from .export import (  # noqa: E402
+    ExportError, OnnxModel, TorchScriptModel, export_onnx, export_torchscript,
+)
 from .weights.store import ChecksumError, DownloadError  # noqa: E402
 from .tasks.classify import Prediction, Ranked, classify, preprocess  # noqa: E402
 
 __all__ = [
     "ChecksumError", "DownloadError", "convert", "inspect_weights", "save_model",
-    "Engine", "optimize", "ExportError", "OnnxModel", "export_onnx", "export_torchscript",
+    "Engine", "optimize", "ExportError", "OnnxModel", "TorchScriptModel", "export_onnx", "export_torchscript",
     "Evaluation", "FinetuneResult", "finetune", "UnknownLayerError", "evaluate", "extract_features", "iter_features", "list_layers",
     "DatasetError", "ImageDecodeError", "ImagezooError", "ModelCard", "Prediction", "Preprocess",
     "Ranked", "UnknownModelError", "WeightsError", "WeightsMismatchError",

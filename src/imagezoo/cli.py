@@ -26,7 +26,7 @@ from .tasks.distributed import is_torchrun_worker
 from .tasks.finetune import finetune
 from .engine import PRECISIONS, is_tuned, optimize
 from .engine.backends import BACKENDS
-from .export import OnnxModel
+from .export import OnnxModel, TorchScriptModel
 from .tasks.feature_files import open_writer
 from .tasks.features import POOLS, iter_features
 from .serve import (DEFAULT_HOST, DEFAULT_PORT, listening_socket, require_server_packages,
@@ -267,8 +267,10 @@ def non_negative_int(text: str) -> int:
 
 def engine_from_args(args: argparse.Namespace, model, count: int):
     """The model behind --precision / --backend (an ONNX file already runs in ONNX Runtime)."""
-    if isinstance(model, OnnxModel) or count == 0 or resolve_device(args.device).type != "cpu":
-        return model  # the engines are CPU engines; a GPU runs the PyTorch model
+    if isinstance(model, (OnnxModel, TorchScriptModel)) or count == 0 \
+            or resolve_device(args.device).type != "cpu":
+        # A compiled file runs as it is; the engines are CPU engines (a GPU runs PyTorch).
+        return model
     batch_size = max(1, min(args.batch_size, count))
     if args.backend == "auto" and not is_tuned(model, args.precision, batch_size):
         print(f"imagezoo: timing the inference backends for this model at batch {batch_size} "

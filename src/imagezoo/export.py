@@ -222,8 +222,10 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, check: bool = 
     runtimes that still load it (LibTorch in C++, older mobile builds). Prefer ONNX.
 
     The raw-pixel card is stored in the archive as the extra file ``imagezoo.card``
-    (``torch.jit.load(path, _extra_files={"imagezoo.card": ""})`` reads it back). With
-    ``check`` the saved file is loaded and compared with PyTorch before it replaces ``path``.
+    (``torch.jit.load(path, _extra_files={"imagezoo.card": ""})`` reads it back), so
+    ``imagezoo.load_model(path)`` gives a ``TorchScriptModel`` that classifies like the
+    original. With ``check`` the saved file is loaded and compared with PyTorch before it
+    replaces ``path``.
     """
     card = _card_of(model)
     size = _input_size(card)
@@ -377,6 +379,70 @@ class OnnxModel(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# Reading TorchScript files back
+
+
+class TorchScriptModel(nn.Module):
+    """An imagezoo TorchScript file (``export_torchscript``), usable wherever a model is expected.
+
+    The card is the raw-pixel card stored in the archive's extra file ``imagezoo.card`` (read
+    with ``zipfile`` before anything is loaded), so ``imagezoo.classify`` feeds the program
+    resized and cropped RGB pixels, 0..255, and the normalisation inside it does the rest, as
+    for ``OnnxModel``. The program is loaded with ``torch.jit.load``, which rebuilds
+    TorchScript code and tensors and never unpickles arbitrary Python objects. It is a
+    submodule, so ``.to(device)`` moves it.
+
+    TorchScript files without the card (not exported by imagezoo) are refused: their
+    preprocessing and labels are unknown.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__()
+        self.path = Path(path)
+        self.card = _torchscript_card(self.path)
+        try:
+            with warnings.catch_warnings():
+                # torch.jit.load warns that TorchScript is deprecated; the file is what we have.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                self.program = torch.jit.load(str(self.path), map_location="cpu")
+        except Exception as error:  # torch raises RuntimeError and others for damaged files
+            raise WeightsError(f"{self.path}: TorchScript cannot load it "
+                               f"({_first_line(error)})") from None
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True):
+        """Only the model itself: the program's inside is compiled code, where forward hooks
+        do not run, so it offers no layers to take features from (as an ONNX model)."""
+        yield prefix, self
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, name={self.card.name!r}"
+
+
+def _torchscript_card(path: Path) -> ModelCard:
+    import zipfile
+    suffix = f"/extra/{CARD_KEY}"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if name.endswith(suffix)]
+            text = archive.read(names[0]).decode("utf-8") if names else None
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, ValueError) as error:
+        raise WeightsError(f"{path}: unreadable TorchScript archive ({error})") from None
+    if text is None:
+        raise WeightsError(f"{path}: a TorchScript file not exported by imagezoo (no "
+                           f"'{CARD_KEY}' extra file), so its preprocessing and labels are "
+                           f"unknown; export the model with imagezoo export --torchscript")
+    try:
+        return ModelCard.from_json(text)
+    except (ValueError, KeyError, TypeError) as error:
+        raise WeightsError(f"{path}: damaged '{CARD_KEY}' extra file ({error})") from None
+
+
+# --------------------------------------------------------------------------------------------
 # Helpers
 
 
@@ -408,5 +474,5 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
-__all__ = ["DEFAULT_OPSET", "ExportError", "OnnxModel", "check_images", "export_onnx",
-           "export_torchscript", "is_onnx_file"]
+__all__ = ["DEFAULT_OPSET", "ExportError", "OnnxModel", "TorchScriptModel", "check_images",
+           "export_onnx", "export_torchscript", "is_onnx_file"]

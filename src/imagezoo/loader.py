@@ -13,7 +13,7 @@ from .errors import WeightsError, WeightsNotAvailableError
 from .models.registry import build_model, default_card, registry_entry
 from .weights.formats import detect_format, read_weights
 from .weights.store import sha256_of
-from .weights.torch_state import load_state_dict, read_state_dict
+from .weights.torch_state import is_torchscript_file, load_state_dict, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,10 @@ def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | Non
     ``name_or_path`` is either
 
     * a weight file or folder in any format imagezoo reads (a model folder, a MatConvNet
-      ``.mat``, a PaddlePaddle v1 folder, a torchvision/timm ``.pth`` or ``.safetensors``):
-      the architecture and preprocessing come from the file; an ``.onnx`` file exported by
-      imagezoo gives an ``OnnxModel`` that runs in ONNX Runtime; or
+      ``.mat``, a PaddlePaddle v1 folder or v2 ``parameters.to_tar`` tarball, a
+      torchvision/timm ``.pth`` or ``.safetensors``): the architecture and preprocessing come
+      from the file; an ``.onnx`` file exported by imagezoo gives an ``OnnxModel`` that runs
+      in ONNX Runtime, and a TorchScript file it exported a ``TorchScriptModel``; or
     * a registry name (``resnet50``, ``efficientnet_lite0``, ...), with ``weights``:
 
       - ``None``: the model's bundled weights (only ``efficientnet_lite0`` has them; for the
@@ -46,9 +47,11 @@ def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | Non
     if Path(text).exists():
         if weights is not None or pretrained is not None:
             raise WeightsError(f"{text} holds its own weights; do not pass weights as well")
-        from .export import OnnxModel, is_onnx_file
+        from .export import OnnxModel, TorchScriptModel, is_onnx_file
         if is_onnx_file(text):
             return OnnxModel(text)  # runs in ONNX Runtime, preprocessing from its metadata
+        if is_torchscript_file(text):
+            return TorchScriptModel(text)  # torch.jit.load, preprocessing from its extra file
         tensors, card = read_weights(text)
         return _assemble(tensors, card, text)
     card = default_card(text)

@@ -103,8 +103,9 @@ def resolve_layers(model: nn.Module, names: list[str]) -> list[LayerRef]:
     """Requested names -> LayerRefs, or ``UnknownLayerError`` suggesting close valid names."""
     modules = named_layers(model)
     if not modules:
-        raise UnknownLayerError(f"{type(model).__name__} exposes no layers (an ONNX model gives "
-                                f"only its logits); use the PyTorch model for features")
+        raise UnknownLayerError(f"{type(model).__name__} exposes no layers (an ONNX or "
+                                f"TorchScript file gives only its logits); use the PyTorch model "
+                                f"or its weights for features")
     aliases = layer_aliases(model)
     refs = []
     for name in names:

@@ -4,11 +4,17 @@
 ``convert`` and ``inspect``. Detection looks at the bytes:
 
 * a folder holding ``card.json`` -> an imagezoo model folder;
-* a folder of ``_*.w0`` files -> a PaddlePaddle v1 parameter folder;
+* a folder of ``_*.w0`` files -> a PaddlePaddle v1 parameter folder (or an unpacked v2
+  tarball: the same files with ``.protobuf`` sidecars);
 * ``MATLAB 5.0 MAT-file`` text header, or the HDF5 signature at offset 512 (MATLAB 7.3) ->
   MatConvNet;
 * an 8-byte length followed by ``{`` -> safetensors;
-* a zip archive or a pickle stream -> a ``torch.save`` file.
+* a tar archive with a top-level ``_<layer>.w0`` member -> a PaddlePaddle v2
+  ``parameters.to_tar`` tarball;
+* a zip archive with ``<name>/code/`` or ``<name>/constants.pkl`` records -> a TorchScript
+  program (``torch.jit.save``), which ``load_model`` runs but which holds no state dict;
+* a zip archive (whole, or cut short: a local file header at offset 0) or a pickle stream ->
+  a ``torch.save`` file.
 """
 from __future__ import annotations
 
@@ -23,12 +29,17 @@ from ..errors import WeightsError
 from ..models.efficientnet_lite import EfficientNetLiteSpec
 from ..models.registry import efficientnet_lite_preprocess, torchvision_preprocess
 from ..models.resnet import ResNetSpec
-from .matconvnet import is_matlab_file, read_matconvnet
+from .matconvnet import read_matconvnet
+from .matlab_file import is_matlab_file
 from .paddle_v1 import is_paddle_v1_folder, read_paddle_v1
+from .paddle_v2 import is_paddle_v2_tarball, read_paddle_v2_tar
 from .store import sha256_of
-from .torch_state import looks_like_safetensors, looks_like_torch_file, read_state_dict
+from .torch_state import (
+    is_torchscript_file, looks_like_safetensors, looks_like_torch_file, read_state_dict,
+)
 
-FORMATS = ("model_folder", "paddle_v1", "matconvnet", "safetensors", "torch")
+FORMATS = ("model_folder", "paddle_v1", "matconvnet", "safetensors", "paddle_v2_tar",
+           "torchscript", "torch")
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -47,10 +58,15 @@ def detect_format(path: str | os.PathLike) -> str:
         return "matconvnet"
     if looks_like_safetensors(path):
         return "safetensors"
+    if is_paddle_v2_tarball(path):
+        return "paddle_v2_tar"
+    if is_torchscript_file(path):
+        return "torchscript"
     if looks_like_torch_file(path):
         return "torch"
     raise WeightsError(f"{path}: not a weight file imagezoo knows (PyTorch .pth, .safetensors, "
-                       f"MatConvNet .mat, PaddlePaddle v1 folder, imagezoo model folder)")
+                       f"MatConvNet .mat, PaddlePaddle v1 folder or v2 tarball, imagezoo model "
+                       f"folder)")
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelCard]:
@@ -64,6 +80,12 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Mode
         return read_paddle_v1(path)
     if kind == "matconvnet":
         return read_matconvnet(path)
+    if kind == "paddle_v2_tar":
+        return read_paddle_v2_tar(path)
+    if kind == "torchscript":
+        raise WeightsError(f"{path}: a TorchScript program (as imagezoo export --torchscript "
+                           f"writes), not weights: run it as a model, imagezoo.load_model(path) "
+                           f"or --model {path.name}; its tensors cannot be imported or converted")
     tensors = read_state_dict(path)
     return tensors, card_for_state_dict(tensors, path, kind)
 

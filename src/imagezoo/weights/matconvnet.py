@@ -7,14 +7,20 @@ Conventions of the source, and where each one comes from:
   ``value`` (plus ``learningRate``/``weightDecay``, ignored here); ``layers``, ``vars`` and
   ``meta`` sit beside it. Only ``params`` and ``meta`` are read: the network is inferred from
   the parameter names, so files whose ``layers``/``vars`` are empty load too (as the fixture's).
+* Where the struct sits: the published models (``imagenet-resnet-50-dag.mat``) keep its
+  fields as top-level variables; ``cnn_train_dag`` checkpoints keep it whole in one variable
+  ``net`` (``examples/cnn_train_dag.m``: ``saveState`` does ``net = net_.saveobj() ;
+  save(fileName, 'net', 'state')``, ``saveStats`` appends ``stats``), as does any
+  ``save(file, 'net')``. Both are read, in v5 and v7.3, and give the same tensors and card;
+  ``state`` and ``stats`` are ignored.
+* A SimpleNN network (``vl_simplenn``; ``examples/cnn_train.m`` saves it as ``net`` with
+  ``save(fileName, 'net', 'state')`` too, and the published ``imagenet-vgg-f.mat`` has its
+  fields at top level) keeps ``layers`` as a *cell array* of structs with ``type`` and
+  ``weights`` and has no ``params``. SimpleNN is a chain without branches, so it cannot hold
+  a ResNet: such a file gets its own message.
 * The published files are MATLAB v5 (``utils/import-caffe.py`` writes them with
-  ``scipy.io.savemat``); a file re-saved with ``save -v7.3`` is HDF5 behind a 512-byte text
-  header. v7.3 arrays are stored in MATLAB's column-major order, so h5py sees every shape
-  reversed; strings are uint16 ``char`` arrays; cell arrays and the fields of a struct array
-  are datasets of object references into ``#refs#``. A struct array is a group whose fields
-  are all reference datasets without a ``MATLAB_class`` attribute (matio's
-  ``is_struct_matrix`` test; a scalar struct's cell field carries ``MATLAB_class = "cell"``).
-  Both layouts are read into the same Python values, with MATLAB's shapes.
+  ``scipy.io.savemat``); a file re-saved with ``save -v7.3`` is HDF5. ``weights.matlab_file``
+  reads both layouts into the same Python values.
 * Parameter names follow the Caffe ResNet prototxt (``utils/import-caffe.py`` turns Caffe
   layer ``x`` into ``x_filter``/``x_bias`` and a BatchNorm+Scale pair into ``x_mult``,
   ``x_bias``, ``x_moments``): ``conv1``, ``bn_conv1``, ``res{stage}{block}_branch{1,2a,2b,2c}``,
@@ -61,18 +67,16 @@ from ..card import ModelCard
 from ..data.transforms import Preprocess
 from ..errors import WeightsError
 from ..models.resnet import ResNetSpec
+from .matlab_file import (  # noqa: F401  (is_matlab_file: part of this module's API)
+    field_class, is_matlab_file, load_variables, matlab_version, variable_classes,
+)
 from .store import sha256_of
 
 log = logging.getLogger(__name__)
 
-V5_HEADER = b"MATLAB 5.0 MAT-file"
-V73_HEADER = b"MATLAB 7.3 MAT-file"
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-V73_USERBLOCK = 512           # MATLAB writes v7.3 files with a 512-byte header userblock
 DEFAULT_INPUT_SIZE = 224
-# Bits MATLAB's save -v7.3 stores beside the variables; never variables themselves.
-HDF5_PRIVATE_GROUPS = ("#refs#", "#subsystem#")
-MAX_NESTING = 32
+# Where a DagNN struct's fields can be: top-level variables, or the fields of one variable.
+NETWORK_VARIABLE = "net"
 
 _RESIDUAL_PARAM = re.compile(
     r"^(?P<kind>res|bn)(?P<stage>\d+)(?P<block>[a-z]\d*)_branch(?P<branch>1|2[abc])_"
@@ -84,32 +88,22 @@ _NUMBERED_BLOCK = re.compile(r"^b(\d+)$")
 #                                                                                     public API
 # ---------------------------------------------------------------------------------------------
 
-def is_matlab_file(path: str | Path) -> bool:
-    """True for a MATLAB v5 (text header) or v7.3 (HDF5 after a 512-byte header) file."""
-    return _matlab_version(Path(path)) is not None
-
-
 def read_matconvnet(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
-    """Tensors in imagezoo's (torchvision) naming and the card of a MatConvNet DagNN ResNet."""
+    """Tensors in imagezoo's (torchvision) naming and the card of a MatConvNet DagNN ResNet,
+    stored at top level or under ``net`` (a ``cnn_train_dag`` checkpoint), in v5 or v7.3."""
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"{path}: no such weight file")
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder, not a weight file")
-    version = _matlab_version(path)
+    version = matlab_version(path)
     if version is None:
         raise WeightsError(f"{path}: not a MATLAB .mat file (neither the v5 text header nor a "
                            f"v7.3 HDF5 body); MatConvNet models are .mat files")
-    variables = _load_v5(path) if version == "v5" else _load_v73(path)
-    if "params" not in variables:
-        raise WeightsError(f"{path}: has no 'params' variable, so it is not a MatConvNet "
-                           f"DagNN model (SimpleNN files such as imagenet-vgg-f.mat keep their "
-                           f"weights inside 'layers' and are not supported)")
-    params = _parameter_arrays(variables["params"], path)
+    raw_params, meta = _dagnn_variables(path, version)
+    params = _parameter_arrays(raw_params, path)
     spec, layout = _infer_network(params, path)
     tensors = _convert(params, layout, path)
-    meta = variables.get("meta")
-    meta = meta if isinstance(meta, dict) else {}
     card = ModelCard(
         name=path.stem,
         architecture=spec.to_dict(),
@@ -124,138 +118,40 @@ def read_matconvnet(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCar
 
 
 # ---------------------------------------------------------------------------------------------
-#                                                         .mat files -> plain Python values
+#                                                    where the network is in the .mat file
 # ---------------------------------------------------------------------------------------------
-# Both readers give: struct -> dict, struct array -> list of dicts, cell -> list,
-# char -> str (or a list of str for a char matrix), numeric -> ndarray in MATLAB's shape.
 
-def _matlab_version(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(V73_USERBLOCK + len(HDF5_SIGNATURE))
-    except OSError:
-        return None
-    # A v7.3 header cut short of its HDF5 body still counts, so h5py reports the truncation.
-    if head[V73_USERBLOCK:] == HDF5_SIGNATURE or head.startswith(V73_HEADER):
-        return "v7.3"
-    if head.startswith(V5_HEADER):
-        return "v5"
-    return None
-
-
-def _load_v5(path: Path) -> dict[str, Any]:
-    import scipy.io
-    try:
-        raw = scipy.io.loadmat(str(path), variable_names=("params", "meta"), squeeze_me=False,
-                               struct_as_record=True, chars_as_strings=True)
-        return {name: _from_scipy(value, 0) for name, value in raw.items()
-                if not name.startswith("__")}
-    except MemoryError:
-        raise
-    except Exception as error:  # scipy raises a zoo of types for damaged files
-        raise WeightsError(f"{path}: unreadable MATLAB v5 file, truncated or damaged "
-                           f"({type(error).__name__}: {_first_line(error)})") from None
-
-
-def _from_scipy(value: Any, depth: int) -> Any:
-    if depth > MAX_NESTING:
-        raise ValueError("structs nested too deeply")
-    if not isinstance(value, np.ndarray):
-        return value
-    if value.dtype.names:                                      # struct (array)
-        records = [{field: _from_scipy(record[field], depth + 1) for field in value.dtype.names}
-                   for record in value.ravel(order="F")]
-        return records[0] if len(records) == 1 else records
-    if value.dtype == object:                                  # cell array
-        return [_from_scipy(item, depth + 1) for item in value.ravel(order="F")]
-    if value.dtype.kind == "U":                                # char, rows joined into strings
-        rows = [str(row).rstrip() for row in value.ravel(order="F")]
-        return "" if not rows else rows[0] if len(rows) == 1 else rows
-    return value
-
-
-def _load_v73(path: Path) -> dict[str, Any]:
-    import h5py
-    try:
-        with h5py.File(path, "r") as handle:
-            return {name: _from_hdf5(handle[name], handle, 0)
-                    for name in ("params", "meta") if name in handle}
-    except MemoryError:
-        raise
-    except Exception as error:  # h5py raises OSError, KeyError, ValueError, ... for damage
-        raise WeightsError(f"{path}: unreadable MATLAB v7.3 (HDF5) file, truncated or "
-                           f"damaged ({type(error).__name__}: {_first_line(error)})") from None
-
-
-def _from_hdf5(node, handle, depth: int) -> Any:
-    import h5py
-    if depth > MAX_NESTING:
-        raise ValueError("structs nested too deeply")
-    matlab_class = _attribute_text(node, "MATLAB_class")
-    if isinstance(node, h5py.Group):
-        if matlab_class not in (None, "struct"):
-            return None                                        # sparse, objects: not needed here
-        fields = {name: node[name] for name in node if name not in HDF5_PRIVATE_GROUPS}
-        if fields and all(_is_struct_array_field(field) for field in fields.values()):
-            # A struct array: one reference per element in each field, all of one shape.
-            columns = {name: field[()].ravel() for name, field in fields.items()}
-            counts = {len(refs) for refs in columns.values()}
-            if len(counts) != 1:
-                raise ValueError(f"struct array {node.name} has fields of different sizes")
-            records = [{name: _dereference(refs[i], handle, depth) for name, refs in columns.items()}
-                       for i in range(counts.pop())]
-            return records[0] if len(records) == 1 else records
-        return {name: _from_hdf5(field, handle, depth + 1) for name, field in fields.items()}
-    if _is_true(node.attrs.get("MATLAB_empty")):
-        if matlab_class == "char":
-            return ""
-        if matlab_class in ("cell", "struct"):
-            return []
-        return np.zeros([int(n) for n in np.asarray(node[()]).ravel()], dtype=np.float32)
-    data = node[()]
-    if h5py.check_dtype(ref=node.dtype) is not None:           # cell array
-        return [_dereference(ref, handle, depth) for ref in np.asarray(data).ravel()]
-    data = np.asarray(data)
-    if matlab_class == "char":
-        rows = np.atleast_2d(data.T)                           # MATLAB rows are strings
-        texts = [row.astype("<u2").tobytes().decode("utf-16-le", "replace").rstrip()
-                 for row in rows]
-        return texts[0] if len(texts) == 1 else texts
-    if data.dtype.names and {"real", "imag"} <= set(data.dtype.names):
-        data = data["real"] + 1j * data["imag"]
-    if matlab_class == "logical":
-        data = data.astype(bool)
-    return data.T                                              # back to MATLAB's order
-
-
-def _is_struct_array_field(node) -> bool:
-    import h5py
-    return (isinstance(node, h5py.Dataset) and h5py.check_dtype(ref=node.dtype) is not None
-            and "MATLAB_class" not in node.attrs)
-
-
-def _dereference(ref, handle, depth: int) -> Any:
-    if not ref:
-        return None
-    return _from_hdf5(handle[ref], handle, depth + 1)
-
-
-def _attribute_text(node, name: str) -> str | None:
-    value = node.attrs.get(name)
-    if value is None:
-        return None
-    if isinstance(value, np.ndarray):
-        value = value.ravel()[0] if value.size else b""
-    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _is_true(value: Any) -> bool:
-    return value is not None and bool(np.asarray(value).ravel().any())
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no details"
+def _dagnn_variables(path: Path, version: str) -> tuple[Any, dict]:
+    """``params`` and ``meta`` of the DagNN struct, wherever the file keeps it; a
+    ``WeightsError`` saying what the file holds instead."""
+    classes = variable_classes(path, version)
+    if "params" in classes:
+        prefix = ""
+    elif NETWORK_VARIABLE in classes:
+        if classes[NETWORK_VARIABLE] != "struct":
+            raise WeightsError(
+                f"{path}: 'net' is a MATLAB {classes[NETWORK_VARIABLE]}, not a struct; save "
+                f"the DagNN as a struct, as cnn_train_dag does: net = net.saveobj() ; "
+                f"save(file, 'net')")
+        prefix = NETWORK_VARIABLE + "."
+    else:
+        prefix = None
+    if prefix is not None:
+        values = load_variables(path, version, [prefix + "params", prefix + "meta"])
+        if prefix + "params" in values:
+            meta = values.get(prefix + "meta")
+            return values[prefix + "params"], meta if isinstance(meta, dict) else {}
+    for layers in ("layers", NETWORK_VARIABLE + ".layers"):
+        if field_class(path, version, layers) == "cell":
+            raise WeightsError(
+                f"{path}: a MatConvNet SimpleNN network ({layers} as a cell array), not a "
+                f"DagNN ResNet; imagezoo reads DagNN ResNets (a 'params' struct array of name "
+                f"and value, at top level as in imagenet-resnet-50-dag.mat or under 'net' as "
+                f"cnn_train_dag saves it), and a SimpleNN chain has no branches, so it cannot "
+                f"hold a ResNet")
+    found = ", ".join(sorted(classes)) or "none"
+    raise WeightsError(f"{path}: has no 'params' variable (nor 'net.params'), so it is not a "
+                       f"MatConvNet DagNN model (variables: {found})")
 
 
 # ---------------------------------------------------------------------------------------------

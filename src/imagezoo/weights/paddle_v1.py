@@ -52,10 +52,18 @@ Conventions of the source, each checked against PaddlePaddle's own code and docu
   ResNet files, so their statistics arrive unchanged. Files converted from other Caffe
   models may carry scaled statistics; nothing in the folder tells, so they are read as is.
 
+* A PaddlePaddle v2 model (``parameters.to_tar``, unpacked; the tarball itself is read by
+  ``weights.paddle_v2``) has the same files plus a ``<file>.protobuf`` sidecar each, a
+  serialised ``ParameterConfig`` (``weights.paddle_config``). Sidecars are never parameters.
+  Where one is present its ``name`` and ``size`` must agree with the file, and its ``dims``
+  give the stored shape the 16-byte header leaves open: the fully connected weight's
+  ``[input size, output size]`` is checked against the inferred network before it is
+  transposed (``dims`` of other parameters must hold the file's element count).
+
 A folder has no single file to checksum, so the card's ``sha256`` is the SHA-256 of, for each
-parameter file in sorted name order, the UTF-8 name, a NUL byte, the content length as an
-8-byte little-endian integer and the content (see ``folder_sha256``). Renaming or moving the
-folder keeps the digest; changing, adding or removing any parameter file changes it.
+parameter file and sidecar in sorted name order, the UTF-8 name, a NUL byte, the content
+length as an 8-byte little-endian integer and the content (see ``folder_sha256``). Renaming or
+moving the folder keeps the digest; changing, adding or removing any such file changes it.
 """
 from __future__ import annotations
 
@@ -73,6 +81,7 @@ from ..card import ModelCard, imagenet_labels
 from ..data.transforms import Preprocess
 from ..errors import WeightsError
 from ..models.resnet import ResNetSpec
+from .paddle_config import ParameterConfig, parse_parameter_config
 
 HEADER = struct.Struct("<iIQ")  # int32 format, uint32 value size, uint64 element count
 FORMAT_ORIGINAL = 0
@@ -88,6 +97,7 @@ BN_SUFFIXES = {"w0": "weight", "w1": "running_mean", "w2": "running_var", "wbias
 BN_MEANING = {"w0": "gamma", "w1": "running mean", "w2": "running variance", "wbias": "beta"}
 BRANCH_MODULES = {"2a": "1", "2b": "2", "2c": "3"}
 BGR_MEANS = (103.939, 116.779, 123.68)
+SIDECAR_SUFFIX = ".protobuf"
 
 
 def paddle_v1_preprocess() -> Preprocess:
@@ -116,52 +126,74 @@ class _Entry:
 
 
 def read_paddle_v1(folder: str | Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
-    """Tensors in torchvision naming and the card of a Paddle v1 ResNet parameter folder.
+    """Tensors in torchvision naming and the card of a Paddle v1 ResNet parameter folder (or
+    of an unpacked v2 ``parameters.to_tar`` tarball: the same files with sidecars).
 
     Raises ``WeightsError`` naming the file at fault when the folder is not one, a header or
     file size is wrong, a parameter is missing or unexpected, or an element count does not
     fit the architecture inferred from the folder.
     """
-    folder = Path(folder)
-    files = _parameter_files(folder)
-    reader = _Reader(folder, files)
-    spec = _infer_spec(reader)
-    entries = _expected_entries(spec)
-    _check_file_set(folder, files, entries)
-    tensors = {}
-    for entry in entries:
-        values = reader.values(entry.file)
-        if values.size != prod(entry.shape):
-            raise WeightsError(
-                f"{folder / entry.file}: holds {values.size} values, but {entry.tensor} of "
-                f"the {_describe(spec)} inferred from the folder needs {prod(entry.shape)} "
-                f"({' x '.join(map(str, entry.shape))})")
-        if entry.transpose:
-            tensor = torch.from_numpy(values.reshape(entry.shape[::-1]).T.copy())
-        else:
-            tensor = torch.from_numpy(values.reshape(entry.shape).copy())
-        tensors[entry.tensor] = tensor
-    name = folder.resolve().name
-    card = ModelCard(
+    source = FolderSource(Path(folder))
+    tensors, spec = read_parameters(source)
+    name = source.folder.resolve().name
+    return tensors, paddle_card(spec, name=name, source=name, digest=folder_sha256(source.folder),
+                                source_format=source.source_format)
+
+
+def paddle_card(spec: ResNetSpec, name: str, source: str, digest: str,
+                source_format: str) -> ModelCard:
+    """The card of a Paddle ResNet: the v1 model zoo's preprocessing and ImageNet labels."""
+    return ModelCard(
         name=name,
         architecture=spec.to_dict(),
         preprocess=paddle_v1_preprocess(),
         labels=(imagenet_labels() if spec.num_classes == 1000
                 else [f"class {i}" for i in range(spec.num_classes)]),
-        source=name,
-        source_format="paddle_v1",
-        sha256=folder_sha256(folder, sorted(files)),
+        source=source,
+        source_format=source_format,
+        sha256=digest,
         license=None,
     )
-    return tensors, card
+
+
+def read_parameters(source: "ParameterSource") -> tuple[dict[str, torch.Tensor], ResNetSpec]:
+    """Infer the ResNet from ``source``'s names and counts, check every file, build tensors."""
+    reader = _Reader(source)
+    spec = _infer_spec(reader)
+    entries = _expected_entries(spec)
+    _check_file_set(source, entries)
+    tensors = {}
+    for entry in entries:
+        values = reader.values(entry.file)
+        if values.size != prod(entry.shape):
+            raise WeightsError(
+                f"{source.where(entry.file)}: holds {values.size} values, but {entry.tensor} of "
+                f"the {_describe(spec)} inferred from the {source.kind} needs {prod(entry.shape)} "
+                f"({' x '.join(map(str, entry.shape))})")
+        if entry.transpose:
+            stored = entry.shape[::-1]                      # (input size, output size)
+            dims = reader.dims(entry.file)
+            if len(dims) == 2 and dims != stored:
+                raise WeightsError(
+                    f"{source.where(entry.file)}: its sidecar gives dims "
+                    f"{' x '.join(map(str, dims))}, but {entry.tensor} of the {_describe(spec)} "
+                    f"is stored as {' x '.join(map(str, stored))} (input size x output size)")
+            tensor = torch.from_numpy(values.reshape(stored).T.copy())
+        else:
+            tensor = torch.from_numpy(values.reshape(entry.shape).copy())
+        tensors[entry.tensor] = tensor
+    return tensors, spec
 
 
 def folder_sha256(folder: str | Path, names: list[str] | None = None) -> str:
-    """SHA-256 over the parameter files (sorted names: name, NUL, 8-byte length, content)."""
+    """SHA-256 over the parameter files and sidecars (sorted names: name, NUL, 8-byte length,
+    content)."""
     folder = Path(folder)
-    names = sorted(names if names is not None else _parameter_files(folder))
+    if names is None:
+        source = FolderSource(folder)
+        names = [*source.files, *source.sidecars]
     digest = hashlib.sha256()
-    for name in names:
+    for name in sorted(names):
         content = (folder / name).read_bytes()
         digest.update(name.encode("utf-8") + b"\0")
         digest.update(len(content).to_bytes(8, "little"))
@@ -169,75 +201,138 @@ def folder_sha256(folder: str | Path, names: list[str] | None = None) -> str:
     return digest.hexdigest()
 
 
-def _parameter_files(folder: Path) -> set[str]:
-    """Names of the files that are Paddle parameters (they start with ``_``)."""
-    if not folder.exists():
-        raise WeightsError(f"{folder}: no such Paddle v1 parameter folder")
-    if not folder.is_dir():
-        raise WeightsError(f"{folder}: not a folder; a Paddle v1 model is a folder of "
-                           f"parameter files (_conv1_conv.w0, ...)")
-    try:
-        files = {child.name for child in folder.iterdir()
-                 if child.name.startswith("_") and child.is_file()}
-    except OSError as error:
-        raise WeightsError(f"{folder}: cannot list the folder ({error})") from None
-    if not any(name.endswith(".w0") for name in files):
-        raise WeightsError(f"{folder}: holds no Paddle v1 parameter files (_<layer>.w0)")
-    return files
+class ParameterSource:
+    """The parameter files of one saved model, by name: ``files`` (parameters) and
+    ``sidecars`` (``<file>.protobuf``); ``read`` gives a file's bytes, ``where`` the name to
+    show for it in messages."""
+
+    kind = "folder"
+    files: set[str]
+    sidecars: set[str]
+
+    def read(self, name: str) -> bytes:
+        raise NotImplementedError
+
+    def where(self, name: str) -> str:
+        raise NotImplementedError
+
+    @property
+    def source_format(self) -> str:
+        return "paddle_v2" if self.sidecars else "paddle_v1"
+
+
+class FolderSource(ParameterSource):
+    """A folder of parameter files: every regular file whose name starts with ``_``."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        if not folder.exists():
+            raise WeightsError(f"{folder}: no such Paddle v1 parameter folder")
+        if not folder.is_dir():
+            raise WeightsError(f"{folder}: not a folder; a Paddle v1 model is a folder of "
+                               f"parameter files (_conv1_conv.w0, ...)")
+        try:
+            names = {child.name for child in folder.iterdir()
+                     if child.name.startswith("_") and child.is_file()}
+        except OSError as error:
+            raise WeightsError(f"{folder}: cannot list the folder ({error})") from None
+        self.files, self.sidecars = split_sidecars(names)
+        if not any(name.endswith(".w0") for name in self.files):
+            raise WeightsError(f"{folder}: holds no Paddle v1 parameter files (_<layer>.w0)")
+
+    def read(self, name: str) -> bytes:
+        try:
+            return (self.folder / name).read_bytes()
+        except OSError as error:
+            raise WeightsError(f"{self.where(name)}: cannot read ({error})") from None
+
+    def where(self, name: str) -> str:
+        return str(self.folder / name)
+
+
+def split_sidecars(names: set[str]) -> tuple[set[str], set[str]]:
+    """(parameter files, ``.protobuf`` sidecars) among ``names``."""
+    sidecars = {name for name in names if name.endswith(SIDECAR_SUFFIX)}
+    return names - sidecars, sidecars
 
 
 class _Reader:
     """Reads and checks parameter files on demand, each at most once."""
 
-    def __init__(self, folder: Path, files: set[str]):
-        self.folder = folder
-        self.files = files
+    def __init__(self, source: ParameterSource):
+        self.source = source
+        self.files = source.files
         self._cache: dict[str, np.ndarray] = {}
+        self._configs: dict[str, ParameterConfig | None] = {}
 
     def has(self, name: str) -> bool:
         return name in self.files
 
     def require(self, name: str, meaning: str) -> None:
         if name not in self.files:
-            raise WeightsError(f"{self.folder / name}: missing ({meaning})")
+            raise WeightsError(f"{self.source.where(name)}: missing ({meaning})")
 
     def values(self, name: str) -> np.ndarray:
         if name not in self._cache:
-            self._cache[name] = _read_parameter_file(self.folder / name)
+            values = parse_parameter_file(self.source.read(name), self.source.where(name))
+            self._check_sidecar(name, values.size)
+            self._cache[name] = values
         return self._cache[name]
 
+    def dims(self, name: str) -> tuple[int, ...]:
+        self.values(name)
+        config = self._configs.get(name)
+        return config.dims if config is not None else ()
 
-def _read_parameter_file(path: Path) -> np.ndarray:
+    def _check_sidecar(self, name: str, count: int) -> None:
+        sidecar = name + SIDECAR_SUFFIX
+        if sidecar not in self.source.sidecars:
+            self._configs[name] = None
+            return
+        where = self.source.where(sidecar)
+        try:
+            config = parse_parameter_config(self.source.read(sidecar))
+        except ValueError as error:
+            raise WeightsError(f"{where}: not a PaddlePaddle ParameterConfig message "
+                               f"({error})") from None
+        if config.name is not None and config.name != name:
+            raise WeightsError(f"{where}: describes parameter {config.name!r}, not {name!r}")
+        if config.size is not None and config.size != count:
+            raise WeightsError(f"{self.source.where(name)}: holds {count} values, but its "
+                               f"sidecar gives size {config.size}")
+        if config.dims and prod(config.dims) != count:
+            raise WeightsError(f"{self.source.where(name)}: holds {count} values, but its "
+                               f"sidecar gives dims {' x '.join(map(str, config.dims))}")
+        self._configs[name] = config
+
+
+def parse_parameter_file(data: bytes, where: str) -> np.ndarray:
     """The float32 values of one file, after checking its header against its size."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise WeightsError(f"{path}: cannot read ({error})") from None
     if len(data) < HEADER.size:
-        raise WeightsError(f"{path}: {len(data)} bytes, shorter than the 16-byte Paddle v1 "
+        raise WeightsError(f"{where}: {len(data)} bytes, shorter than the 16-byte Paddle v1 "
                            f"parameter header")
     file_format, value_size, count = HEADER.unpack_from(data)
     if file_format != FORMAT_ORIGINAL:
-        raise WeightsError(f"{path}: header format {file_format}; only format 0 (Paddle's "
+        raise WeightsError(f"{where}: header format {file_format}; only format 0 (Paddle's "
                            f"original dense layout) is supported")
     if value_size != FLOAT32_SIZE:
-        raise WeightsError(f"{path}: header value size {value_size}; only 4 (float32) is "
+        raise WeightsError(f"{where}: header value size {value_size}; only 4 (float32) is "
                            f"supported")
     expected = HEADER.size + FLOAT32_SIZE * count
     if len(data) != expected:
         problem = "truncated" if len(data) < expected else "has trailing bytes"
-        raise WeightsError(f"{path}: {problem}: the header announces {count} float32 values "
+        raise WeightsError(f"{where}: {problem}: the header announces {count} float32 values "
                            f"({expected} bytes with the header), the file has {len(data)} bytes")
     return np.frombuffer(data, dtype="<f4", offset=HEADER.size).astype(np.float32)
 
 
 def _infer_spec(reader: _Reader) -> ResNetSpec:
     """Block type, blocks per stage, width, classes and conv1 bias from names and counts."""
-    folder = reader.folder
+    where = reader.source.where
     reader.require(CONV1_FILE, "the conv1 weight")
     conv1_count = reader.values(CONV1_FILE).size
     if conv1_count == 0 or conv1_count % CONV1_VALUES_PER_CHANNEL:
-        raise WeightsError(f"{folder / CONV1_FILE}: holds {conv1_count} values, not a multiple "
+        raise WeightsError(f"{where(CONV1_FILE)}: holds {conv1_count} values, not a multiple "
                            f"of 3 x 7 x 7 = {CONV1_VALUES_PER_CHANNEL} (conv1 is 7x7 over 3 "
                            f"channels)")
     width = conv1_count // CONV1_VALUES_PER_CHANNEL
@@ -249,12 +344,13 @@ def _infer_spec(reader: _Reader) -> ResNetSpec:
             stage, block = int(match.group(1)), int(match.group(2))
             blocks[stage] = max(blocks.get(stage, 0), block)
     if not blocks:
-        raise WeightsError(f"{folder / '_res2_1_branch2a_conv.w0'}: missing (no residual "
-                           f"block files _res<stage>_<block>_branch... in the folder)")
+        raise WeightsError(f"{where('_res2_1_branch2a_conv.w0')}: missing (no residual "
+                           f"block files _res<stage>_<block>_branch... in the "
+                           f"{reader.source.kind})")
     stages = sorted(blocks)
     for expected, stage in enumerate(stages, start=FIRST_STAGE):
         if stage != expected:
-            raise WeightsError(f"{folder / f'_res{expected}_1_branch2a_conv.w0'}: missing "
+            raise WeightsError(f"{where(f'_res{expected}_1_branch2a_conv.w0')}: missing "
                                f"(stage res{expected} is absent but res{stage} is present)")
     block_type = ("bottleneck" if any("_branch2c_" in name for name in reader.files)
                   else "basic")
@@ -262,7 +358,7 @@ def _infer_spec(reader: _Reader) -> ResNetSpec:
     reader.require(OUTPUT_BIAS_FILE, "the classifier bias, which gives the number of classes")
     num_classes = reader.values(OUTPUT_BIAS_FILE).size
     if num_classes == 0:
-        raise WeightsError(f"{folder / OUTPUT_BIAS_FILE}: holds no values")
+        raise WeightsError(f"{where(OUTPUT_BIAS_FILE)}: holds no values")
 
     return ResNetSpec(block=block_type, layers=tuple(blocks[s] for s in stages), width=width,
                       num_classes=num_classes, stride_in_1x1=True, pool1="caffe",
@@ -316,21 +412,21 @@ def _bn_entries(paddle_layer: str, torch_module: str, channels: int) -> list[_En
             for suffix, field in BN_SUFFIXES.items()]
 
 
-def _check_file_set(folder: Path, files: set[str], entries: list[_Entry]) -> None:
+def _check_file_set(source: ParameterSource, entries: list[_Entry]) -> None:
     """Every expected file present, no parameter file left over."""
     for entry in entries:
-        if entry.file not in files:
+        if entry.file not in source.files:
             meaning = entry.tensor
             suffix = entry.file.rsplit(".", 1)[1]
             if entry.file.split(".")[0].endswith("_bn"):
                 meaning = f"{BN_MEANING[suffix]}, {entry.tensor}"
-            raise WeightsError(f"{folder / entry.file}: missing ({meaning})")
-    unexpected = sorted(files - {entry.file for entry in entries})
+            raise WeightsError(f"{source.where(entry.file)}: missing ({meaning})")
+    unexpected = sorted(source.files - {entry.file for entry in entries})
     if unexpected:
         shown = ", ".join(unexpected[:5]) + (f", … ({len(unexpected) - 5} more)"
                                              if len(unexpected) > 5 else "")
-        raise WeightsError(f"{folder / unexpected[0]}: unexpected parameter file(s) for the "
-                           f"ResNet inferred from the folder: {shown}")
+        raise WeightsError(f"{source.where(unexpected[0])}: unexpected parameter file(s) for "
+                           f"the ResNet inferred from the {source.kind}: {shown}")
 
 
 def _describe(spec: ResNetSpec) -> str:

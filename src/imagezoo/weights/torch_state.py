@@ -8,11 +8,26 @@ Conventions of the torchvision/timm files this reads:
   ``{"model": ...}`` and DataParallel prefixes every key with ``module.``: both are unwrapped;
 * half-precision (and bfloat16) tensors are cast to float32 so outputs match float32 runs;
 * the file is never unpickled with arbitrary code: ``torch.load(weights_only=True)`` refuses
-  a pickle that asks to call anything but tensor constructors.
+  a pickle that asks to call anything but tensor constructors. This holds for both layouts
+  ``torch.save`` writes: the zip archive (the default since PyTorch 1.6: ``<name>/data.pkl``
+  plus one ``<name>/data/<key>`` record per storage) and the legacy stream
+  (``_use_new_zipfile_serialization=False``: five pickles in a row, the magic number, the
+  protocol version, ``sys_info``, the object and the storage keys, then each storage's raw
+  bytes; ``torch/serialization.py``, ``_legacy_save``). The CIFAR ResNets of
+  ``akamaster/pytorch_resnet_cifar10`` are legacy files of ``{'state_dict': ..., 'best_prec1':
+  ...}`` with ``module.`` prefixes, and load so;
+* a truncated file is told apart from an unsafe one by its structure: a zip archive cut short
+  has lost its central directory (it still starts with a local file header, ``PK\x03\x04``),
+  and a legacy stream cut short ends inside one of its pickles or storages;
+* a TorchScript archive (``torch.jit.save``: the same zip container, with ``<name>/code/``
+  and ``<name>/constants.pkl``) is a program, not a state dict: ``is_torchscript_file`` tells
+  it apart so that ``torch.load`` is never asked to read one (it would warn and refuse).
 """
 from __future__ import annotations
 
+import io
 import pickle
+import pickletools
 import zipfile
 from pathlib import Path
 
@@ -37,15 +52,35 @@ def looks_like_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
 
 
+ZIP_LOCAL_HEADER = b"PK\x03\x04"
+PICKLE_PROTO = b"\x80"          # pickle protocol 2+ opens with the PROTO opcode
+LEGACY_PICKLES = 5              # magic number, protocol, sys_info, object, storage keys
+
+
 def looks_like_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive (since 1.6) or, before that, a raw pickle stream."""
+    """torch.save writes a zip archive (since 1.6) or, before that, a raw pickle stream; a
+    zip cut short has no central directory left, but still starts with a local file header."""
     if zipfile.is_zipfile(path):
         return True
     try:
         with open(path, "rb") as handle:
-            return handle.read(1) == b"\x80"  # pickle protocol 2+ opcode PROTO
+            head = handle.read(len(ZIP_LOCAL_HEADER))
     except OSError:
         return False
+    return head.startswith(ZIP_LOCAL_HEADER) or head[:1] == PICKLE_PROTO
+
+
+def is_torchscript_file(path: str | Path) -> bool:
+    """A ``torch.jit.save`` archive: a zip with ``<name>/constants.pkl`` or ``<name>/code/``
+    records (what ``torch.load`` itself checks before it dispatches to ``torch.jit.load``)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return any(name.endswith("/constants.pkl") or "/code/" in name for name in names)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -74,15 +109,72 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_torch_pickle(path: Path) -> dict[str, torch.Tensor]:
+    if is_torchscript_file(path):
+        raise WeightsError(f"{path}: a TorchScript program (torch.jit.save, as imagezoo export "
+                           f"--torchscript writes), not a state dict; run it with "
+                           f"imagezoo.load_model(path) or --model {path.name}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe pickle"
-        raise WeightsError(f"{path}: refused to load: the file holds pickled code or objects "
-                           f"other than tensors, which imagezoo never runs ({first_line})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise WeightsError(f"{path}: not a readable PyTorch weight file ({error})") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # torch raises many types; sort them by what the file is
+        truncation = truncation_reason(path)
+        if truncation is not None:
+            raise WeightsError(f"{path}: truncated or damaged PyTorch file ({truncation})") from None
+        if isinstance(error, pickle.UnpicklingError):
+            raise WeightsError(f"{path}: refused to load: the file holds pickled code or objects "
+                               f"other than tensors, which imagezoo never runs "
+                               f"({_unpickler_reason(error)})") from None
+        # EOFError, struct.error, RuntimeError ("unexpected EOF", bad records), ...
+        raise WeightsError(f"{path}: truncated or damaged PyTorch file "
+                           f"({type(error).__name__}: {_first_line(error)})") from None
     return _unwrap(loaded, path)
+
+
+def truncation_reason(path: Path) -> str | None:
+    """Why ``path`` is an incomplete ``torch.save`` file, or None if its structure is whole.
+
+    A zip archive must have its central directory; a legacy stream must hold its five
+    pickles to their STOP opcodes (checked with ``pickletools``, which decodes opcodes and
+    never builds objects). The storages' bytes after them are checked by ``torch.load``.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    if data.startswith(ZIP_LOCAL_HEADER):
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            return "a zip archive without its central directory, cut short"
+        return None
+    if not data.startswith(PICKLE_PROTO):
+        return None
+    stream = io.BytesIO(data)
+    for index in range(LEGACY_PICKLES):
+        if stream.tell() == len(data):
+            return f"the stream ends after {index} of the {LEGACY_PICKLES} pickles of a legacy file"
+        try:
+            for _opcode, _argument, _position in pickletools.genops(stream):
+                pass
+        except Exception as error:  # genops raises ValueError and friends on a cut opcode
+            return f"pickle {index + 1} of {LEGACY_PICKLES} is cut short ({_first_line(error)})"
+    return None
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """The unpickler's first sentence (what it refused), without PyTorch's advice to load
+    with ``weights_only=False`` or to allow-list the global."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = next((line.removeprefix("WeightsUnpickler error:").strip() for line in lines
+                   if line.startswith("WeightsUnpickler error:")), None)
+    if reason is None:
+        reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
+    return reason.split(". ")[0].rstrip(".") or "unsafe pickle"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _unwrap(loaded, path: Path) -> dict[str, torch.Tensor]:
