@@ -1,7 +1,10 @@
 """Fine-tuning on scikit-learn's real digits: the result, its equivalences, checkpoints, scale-out."""
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -17,8 +20,8 @@ import imagezoo
 from imagezoo.cli import main
 from imagezoo.demo import write_digits
 from imagezoo.errors import DatasetError, ImagezooError
-from imagezoo.models.heads import head_of
 from imagezoo.models.resnet import ResNet, ResNetSpec
+from imagezoo.tasks.progress import ProgressTable
 from imagezoo.weights.torch_state import read_state_dict
 
 
@@ -47,8 +50,27 @@ def tiny_model(tmp_path_factory) -> Path:
     return imagezoo.save_model(model, tmp_path_factory.mktemp("tiny") / "tiny", card)
 
 
+@pytest.fixture(scope="module")
+def lite0_64(tmp_path_factory) -> Path:
+    """The default model (EfficientNet-Lite0: its ImageNet weights, its batch norm and dropout)
+    reading 64x64 inputs instead of 224x224: the same layers for a tenth of the work."""
+    model = imagezoo.load_model("efficientnet_lite0")
+    preprocess = dataclasses.replace(model.card.preprocess, resize=64, crop=64)
+    card = dataclasses.replace(model.card, name="lite0-64", preprocess=preprocess)
+    return imagezoo.save_model(model, tmp_path_factory.mktemp("lite0") / "lite0-64", card)
+
+
 def head_weights(folder: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in read_state_dict(folder / "weights.safetensors").items() if k.startswith("fc.")}
+
+
+def assert_same_weights(folder: Path, other: Path) -> None:
+    """Bit for bit, every tensor of the saved model (batch-norm buffers included)."""
+    a, b = read_state_dict(folder / "weights.safetensors"), read_state_dict(other / "weights.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.isfinite(v).all() for v in a.values() if v.is_floating_point())
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"{len(different)} of {len(a)} tensors differ, e.g. {different[:3]}"
 
 
 def test_pretrained_backbone_beats_a_random_one_by_far(digits, tmp_path):
@@ -83,8 +105,8 @@ def test_same_seed_same_weights_other_seed_other_weights(small_set, tiny_model, 
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         imagezoo.finetune(small_set, tmp_path / name, model=tiny_model, epochs=2, seed=seed,
                           batch_size=4, log_stream=None, workers=0)
-    a, b, c = (head_weights(tmp_path / n) for n in "abc")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    a, c = head_weights(tmp_path / "a"), head_weights(tmp_path / "c")
     assert not torch.equal(a["fc.weight"], c["fc.weight"])
 
 
@@ -162,11 +184,60 @@ def run_cli(arguments: list[str], **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def test_killed_run_resumes_to_the_uninterrupted_weights(small_set, tmp_path):
-    """Augmented training (features recomputed each epoch, so an epoch takes a while) is
-    killed as soon as its first checkpoint lands, then resumed."""
-    settings = ["--train", str(small_set), "--epochs", "3", "--augment", "--batch-size", "4",
-                "--lr", "0.05", "--seed", "5", "--workers", "0"]
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at_the_first_progress_line(self, record):
+    # The progress table prints an epoch's line right after its checkpoint is written.
+    raise Interrupted(f"stopped after epoch {record.epoch}")
+
+
+TRAINING_OPTIONS = {
+    "frozen": dict(model="tiny"),  # the head on cached features
+    "augment": dict(model="tiny", augment=True, workers=2),  # crops drawn in worker processes
+    "freeze none": dict(model="lite0", freeze="none"),  # dropout and batch norm in training mode
+    "freeze none, augment, adamw": dict(model="lite0", freeze="none", augment=True, optimizer="adamw",
+                                        lr=0.001),
+}
+
+
+@pytest.mark.parametrize("option", TRAINING_OPTIONS)
+def test_same_seed_same_weights_and_an_interrupted_run_resumes_to_them(
+        option, small_set, tiny_model, lite0_64, tmp_path, monkeypatch):
+    """Two runs in one process (whose global random state has moved on in between) and a run
+    interrupted after its first checkpoint and resumed end with the same weights, bit for bit."""
+    settings = dict(epochs=2, batch_size=4, lr=0.02, seed=7, workers=0, log_stream=None)
+    settings |= TRAINING_OPTIONS[option]
+    settings["model"] = {"tiny": tiny_model, "lite0": lite0_64}[settings["model"]]
+    first = imagezoo.finetune(small_set, tmp_path / "first", **settings)
+    assert all(math.isfinite(r.loss) for r in first.history)
+    imagezoo.finetune(small_set, tmp_path / "second", **settings)
+    assert_same_weights(tmp_path / "first", tmp_path / "second")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ProgressTable, "epoch", interrupt_at_the_first_progress_line)
+        with pytest.raises(Interrupted, match="after epoch 1"):
+            imagezoo.finetune(small_set, tmp_path / "resumed", **settings)
+    assert not (tmp_path / "resumed" / "weights.safetensors").exists()
+    resumed = imagezoo.finetune(small_set, tmp_path / "resumed", resume=True, **settings)
+    assert [r.loss for r in resumed.history] == [r.loss for r in first.history]
+    assert_same_weights(tmp_path / "first", tmp_path / "resumed")
+    if settings.get("freeze") == "none":  # the backbone did train
+        base, tuned = imagezoo.load_model(lite0_64), imagezoo.load_model(tmp_path / "first")
+        assert not torch.equal(base._blocks[3]._bn1.running_var, tuned._blocks[3]._bn1.running_var)
+        assert not torch.equal(base._conv_stem.weight, tuned._conv_stem.weight)
+
+
+@pytest.mark.parametrize("option, keywords, epochs", [(["--augment"], dict(augment=True), 3),
+                                                      (["--freeze", "none"], dict(freeze="none"), 2)],
+                         ids=["augment", "freeze none"])
+def test_killed_run_resumes_to_the_uninterrupted_weights(small_set, tmp_path, option, keywords, epochs):
+    """The default model at its full input size (so an epoch takes a while: augmented training
+    recomputes the features, --freeze none trains through the dropout and the batch norms) is
+    killed as soon as its first checkpoint lands, then resumed in another process."""
+    settings = ["--train", str(small_set), "--epochs", str(epochs), *option, "--batch-size", "4",
+                "--lr", "0.02", "--seed", "5", "--workers", "0"]
     out = tmp_path / "killed"
     process = run_cli(["finetune", *settings, "--out", str(out)])
     checkpoint = out / "checkpoint.pt"
@@ -176,17 +247,14 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(small_set, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     saved = torch.load(checkpoint, weights_only=True)
-    assert len(saved["records"]) < 3, "the run finished before it could be interrupted"
+    assert len(saved["records"]) < epochs, "the run finished before it could be interrupted"
     assert not (out / "weights.safetensors").exists()
     assert main(["finetune", *settings, "--out", str(out), "--resume"]) == 0
-    imagezoo.finetune(small_set, tmp_path / "straight", epochs=3, augment=True, batch_size=4,
-                      lr=0.05, seed=5, workers=0, log_stream=None)
-    resumed = read_state_dict(out / "weights.safetensors")
-    straight = read_state_dict(tmp_path / "straight" / "weights.safetensors")
-    for name in ("_fc.weight", "_fc.bias"):
-        torch.testing.assert_close(resumed[name], straight[name], rtol=1e-5, atol=1e-6)
+    imagezoo.finetune(small_set, tmp_path / "straight", epochs=epochs, batch_size=4, lr=0.02, seed=5,
+                      workers=0, log_stream=None, **keywords)
+    assert_same_weights(out, tmp_path / "straight")
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
 
 
 def test_two_processes_match_one(small_set, tiny_model, tmp_path):
@@ -209,6 +277,43 @@ def test_two_processes_match_one(small_set, tiny_model, tmp_path):
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
 
 
+def test_two_processes_reproduce_themselves_with_dropout_and_augmentation(small_set, lite0_64, tmp_path):
+    """--freeze none --augment on two processes: the dropout masks and batch-norm statistics
+    are each process's own, so this is not one process's result; but a run of one epoch
+    resumed (in new processes) for a second ends with the weights of a two-epoch run. Batches
+    of 11 of the 12 images leave the second process without an example in each last step."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    settings = ["--train", str(small_set), "--model", str(lite0_64), "--freeze", "none", "--augment",
+                "--batch-size", "11", "--lr", "0.02", "--seed", "3", "--workers", "0"]
+
+    def run(*arguments: str) -> None:
+        done = subprocess.run([str(torchrun), "--nproc_per_node=2", "--standalone", "-m", "imagezoo",
+                               "finetune", *settings, *arguments],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run("--epochs", "2", "--out", str(tmp_path / "straight"))
+    run("--epochs", "1", "--out", str(tmp_path / "resumed"))
+    run("--epochs", "2", "--out", str(tmp_path / "resumed"), "--resume")
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+    history = [json.loads(line) for line in (tmp_path / "resumed" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and history[-1]["examples"] == 24
+
+
+def test_resuming_with_other_threads_says_the_result_will_differ(small_set, tiny_model, tmp_path):
+    settings = dict(model=tiny_model, epochs=1, log_stream=None, workers=0)
+    imagezoo.finetune(small_set, tmp_path / "run", **settings)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["threads"] == torch.get_num_threads() and checkpoint["world_size"] == 1
+    checkpoint["threads"] += 3
+    torch.save(checkpoint, tmp_path / "run" / "checkpoint.pt")
+    stream = io.StringIO()
+    imagezoo.finetune(small_set, tmp_path / "run", resume=True,
+                      **(settings | dict(epochs=2, log_stream=stream)))
+    assert (f"started with 1 process(es) of {torch.get_num_threads() + 3} thread(s) and resumes with "
+            f"1 of {torch.get_num_threads()}") in stream.getvalue()
+
+
 def test_resume_refuses_other_classes_and_out_refuses_a_model(small_set, tiny_model, tmp_path):
     imagezoo.finetune(small_set, tmp_path / "run", model=tiny_model, epochs=1, log_stream=None, workers=0)
     fewer = tmp_path / "fewer.txt"
@@ -227,7 +332,8 @@ def _umask() -> int:
     return current
 
 
-@pytest.mark.parametrize("option, value", [("lr", float("nan")), ("momentum", -1.0), ("lr", 0.0)])
+@pytest.mark.parametrize("option, value", [("lr", float("nan")), ("momentum", -1.0), ("lr", 0.0),
+                                           ("seed", -1)])
 def test_bad_options_are_refused(small_set, tmp_path, option, value):
     with pytest.raises(ImagezooError, match=option):
         imagezoo.finetune(small_set, tmp_path / "out", **{option: value}, log_stream=None)

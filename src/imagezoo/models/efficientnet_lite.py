@@ -116,6 +116,8 @@ class EfficientNetLite(nn.Module):
         self._conv_head = nn.Conv2d(last_channels, spec.head_channels, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(spec.head_channels, eps=spec.bn_eps)
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
+        # Draws its masks from torch's global generator, which fine-tuning seeds before every
+        # step (tasks/randomness.py) so that training with it stays reproducible.
         self._dropout = nn.Dropout(spec.dropout)
         self._fc = nn.Linear(spec.head_channels, spec.num_classes)
         self.num_features = spec.head_channels

@@ -11,11 +11,16 @@ matrix products instead of a forward pass over every image. The result equals tr
 the whole network with the same seed (the batches are the same, only the rounding of the
 backbone's batched arithmetic differs).
 
-Everything random is derived from the seed: the head's initial weights, each epoch's order
-(``seed`` and the epoch number) and each augmented crop (``seed``, epoch, image). So the same
-seed and data give the same weights, a run resumed from its checkpoint ends where an
-uninterrupted one does, and N processes under ``torchrun`` (each taking every N-th example of
-each global batch, gradients averaged by DistributedDataParallel) match one process.
+Everything random is derived from the seed (``randomness.py`` lists the draws): the head's
+initial weights, each epoch's order (seed, epoch), each augmented crop (seed, epoch, image) and
+the dropout masks of ``--freeze none`` (seed, epoch, step, rank). So the same seed and data give
+the same weights, bit for bit, with every option, and a run resumed from its checkpoint ends
+where an uninterrupted one does: the checkpoint holds the trainable tensors (batch-norm
+buffers included), the optimiser's state and the epochs done, and no generator state is
+needed. Under ``torchrun`` each of N processes takes every N-th example of each global batch
+and DistributedDataParallel averages the gradients; dropout masks and batch-norm batch
+statistics stay per process (see ``randomness.py``), so the frozen path matches one process
+up to rounding, and ``--freeze none`` on N processes reproduces N processes.
 """
 from __future__ import annotations
 
@@ -30,14 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..card import ModelCard
-from ..data.augment import augmented_tensor
 from ..data.batches import ImageDataset, collate, default_workers, _one_thread_per_worker
 from ..data.datasets import LabelledSet, check_trainable, read_labelled_set
 from ..data.transforms import preprocess_image
@@ -46,9 +49,9 @@ from ..fileio import atomic_path, atomic_write_text
 from ..model_folder import is_model_folder, save_model
 from ..models.heads import head_of, replace_head, with_num_classes
 from ..models.registry import DEFAULT_MODEL
-from .classify import resolve_device
 from .distributed import Distributed
 from .progress import EpochRecord, ProgressTable, epoch_event, evaluation_event
+from .randomness import AugmentedTransform, epoch_order, loader_generator, seeded_step
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,8 @@ class Settings:
             raise ImagezooError(f"freeze must be one of {FREEZE}, not {self.freeze!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ImagezooError("epochs and batch size must be at least 1 and lr positive")
+        if self.seed < 0:  # the seeds are mixed by absolute value: -1 would repeat 1's run
+            raise ImagezooError(f"--seed must be 0 or more, not {self.seed}")
 
 
 @dataclass
@@ -162,6 +167,7 @@ class Trainer:
             if self.log_stream:
                 print(f"resuming from epoch {len(records)} of {self.out / CHECKPOINT_FILE}",
                       file=self.log_stream)
+            self._warn_if_other_arithmetic(checkpoint)
         wrapped = self.dist.wrap(trainable)
         for epoch in range(len(records), self.settings.epochs):
             started = time.perf_counter()
@@ -249,19 +255,38 @@ class Trainer:
                                 f"({checkpoint['base']}); resume with the same --model/--weights")
         return checkpoint
 
+    def _warn_if_other_arithmetic(self, checkpoint: dict) -> None:
+        """A resumed run continues exactly only with the processes and threads it started with."""
+        now = (self.dist.world_size, torch.get_num_threads())
+        then = (checkpoint.get("world_size", now[0]), checkpoint.get("threads", now[1]))
+        if then == now or not self.dist.is_main:
+            return
+        line = (f"the run started with {then[0]} process(es) of {then[1]} thread(s) and resumes with "
+                f"{now[0]} of {now[1]}: it will not end with exactly the weights of an uninterrupted run")
+        log.warning(line)
+        if self.log_stream:
+            print(f"imagezoo: warning: {line}", file=self.log_stream)
+
     # -- data -------------------------------------------------------------------------------
-    def _loader(self, dataset, index_batches: list[list[int]]) -> DataLoader:
+    def _loader(self, dataset, index_batches: list[list[int]], epoch: int = 0) -> DataLoader:
         workers = default_workers(len(dataset)) if self.workers is None else self.workers
+        # The loader's own generator: the workers' seeds come from the run's seed, not from
+        # the process's global random state.
         return DataLoader(dataset, batch_sampler=index_batches, num_workers=workers,
                           collate_fn=collate,
-                          worker_init_fn=_one_thread_per_worker if workers else None)
+                          worker_init_fn=_one_thread_per_worker if workers else None,
+                          generator=loader_generator(self.settings.seed, self.dist.rank, epoch))
 
     def _report_unreadable(self, labelled: LabelledSet, failures: list[tuple[int, str]]) -> None:
         for index, message in failures:
-            line = f"skipped {labelled.describe(index)}: {message}"
-            log.warning(line)
+            where = labelled.describe(index)
+            # A class-folder item is described by its path, which the message starts with.
+            line = f"skipped {message}" if message.startswith(f"{where}: ") else \
+                f"skipped {where}: {message}"
             if self.log_stream:
                 print(f"imagezoo: {line}", file=self.log_stream)
+            else:
+                log.warning(line)
 
     def _features(self, model: nn.Module, labelled: LabelledSet) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled backbone features of every readable image, computed once (sharded over the
@@ -305,14 +330,15 @@ class Trainer:
 
     # -- one epoch ----------------------------------------------------------------------------
     def _global_batches(self, count: int, epoch: int) -> list[torch.Tensor]:
-        generator = torch.Generator().manual_seed(_mix(self.settings.seed, epoch))
-        order = torch.randperm(count, generator=generator)
+        order = epoch_order(self.settings.seed, epoch, count)
         size = self.settings.batch_size
         return [order[start:start + size] for start in range(0, count, size)]
 
     def _step(self, wrapped: nn.Module, optimizer, logits_of, targets: torch.Tensor,
-              global_size: int) -> tuple[float, int]:
-        logits = logits_of()
+              global_size: int, epoch: int, step: int) -> tuple[float, int]:
+        # Dropout draws its masks in the forward pass (backward reuses them).
+        with seeded_step(self.settings.seed, epoch, step, self.dist.rank, self.dist.device):
+            logits = logits_of()
         # Each process sums its share and scales by world / global batch, so the mean that
         # DistributedDataParallel takes over processes is the global batch's mean loss.
         loss_sum = F.cross_entropy(logits, targets, reduction="sum")
@@ -325,10 +351,10 @@ class Trainer:
     def _epoch_on_features(self, wrapped, optimizer, features, labels, epoch: int):
         wrapped.train()
         loss_sum, errors, count = 0.0, 0, 0
-        for global_batch in self._global_batches(len(labels), epoch):
+        for step, global_batch in enumerate(self._global_batches(len(labels), epoch)):
             local = global_batch[self.dist.rank::self.dist.world_size].to(self.dist.device)
             batch_loss, batch_errors = self._step(wrapped, optimizer, lambda: wrapped(features[local]),
-                                                  labels[local], len(global_batch))
+                                                  labels[local], len(global_batch), epoch, step)
             loss_sum, errors, count = loss_sum + batch_loss, errors + batch_errors, count + len(local)
         return self._totals(loss_sum, errors, count)
 
@@ -351,17 +377,20 @@ class Trainer:
                          for batch in globals_]
         loss_sum, errors, count = 0.0, 0, 0
         crop = model.card.preprocess.crop or model.card.preprocess.resize or 224
-        for batch, global_batch in zip(self._loader(dataset, local_batches), globals_):
+        for step, (batch, global_batch) in enumerate(zip(self._loader(dataset, local_batches, epoch),
+                                                         globals_)):
             # A process can get no example of a small last batch; it still takes the step.
             images = (torch.zeros(0, 3, crop, crop) if batch.tensor is None else batch.tensor).to(self.dist.device)
-            targets = torch.tensor([labelled.labels[i] for i in batch.indices], device=self.dist.device)
+            targets = torch.tensor([labelled.labels[i] for i in batch.indices], dtype=torch.long,
+                                   device=self.dist.device)  # long even when empty
             if frozen:
                 with torch.no_grad():
                     features = model.forward_features(images)
                 logits_of = lambda: wrapped(features)  # noqa: E731 - the head only
             else:
                 logits_of = lambda: wrapped(images)  # noqa: E731 - the whole network
-            batch_loss, batch_errors = self._step(wrapped, optimizer, logits_of, targets, len(global_batch))
+            batch_loss, batch_errors = self._step(wrapped, optimizer, logits_of, targets,
+                                                  len(global_batch), epoch, step)
             loss_sum, errors, count = loss_sum + batch_loss, errors + batch_errors, count + len(targets)
         return self._totals(loss_sum, errors, count)
 
@@ -394,6 +423,9 @@ class Trainer:
             "settings": dataclasses.asdict(self.settings),
             "classes": list(labelled.classes),
             "base": _base_identity(self.base_card),
+            # Not needed to resume, but the rounding depends on them (see randomness.py).
+            "world_size": self.dist.world_size,
+            "threads": torch.get_num_threads(),
         }
         with atomic_path(self.out / CHECKPOINT_FILE) as temporary:
             torch.save(state, temporary)
@@ -407,28 +439,9 @@ class Trainer:
         atomic_write_text(self.out / HISTORY_FILE, "".join(json.dumps(e) + "\n" for e in events))
 
 
-class AugmentedTransform:
-    """A picklable transform (DataLoader workers) drawing each image's crop from
-    (seed, epoch, image index) alone."""
-
-    takes_index = True
-
-    def __init__(self, seed: int, epoch: int):
-        self.seed, self.epoch = seed, epoch
-
-    def __call__(self, image, spec, index: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
-        return augmented_tensor(image, spec, generator)
-
-
 def _base_identity(card: ModelCard) -> str:
     """Which base model a run started from: its name and weights' SHA-256 (or source)."""
     return f"{card.name}:{card.sha256 or card.source}"
-
-
-def _mix(*numbers: int) -> int:
-    """One 63-bit seed from several integers (any size), for torch.Generator.manual_seed."""
-    return int(np.random.SeedSequence([abs(n) for n in numbers]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def _decode_only(image, spec) -> torch.Tensor:
