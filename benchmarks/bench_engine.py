@@ -63,6 +63,7 @@ import torch
 
 import imagezoo
 from imagezoo.data.batches import INFERENCE_BATCH, default_workers
+from imagezoo.engine.optimizer import tuning_file  # noqa: E402
 from imagezoo.engine import (BACKENDS, PRECISIONS, FAST_PROBABILITY_SHIFT, engine_cache,
                              is_tuned, optimize, sample_inputs)
 from imagezoo.engine.backends import onnx_file
@@ -229,7 +230,7 @@ def imagezoo_contenders(model, batch: int, cache: Path) -> tuple[list[Contender]
 
 def auto_summary(model, engine, precision: str, batch: int, cache: Path) -> str:
     """What auto chose at this batch, and its own tuning table (with any backend's problem)."""
-    record = engine_cache(model, cache) / "tuning.json"
+    record = tuning_file(model, cache)
     rows = json.loads(record.read_text()).get(f"{precision}/batch{batch}", []) if record.exists() else []
     parts = []
     for row in rows:

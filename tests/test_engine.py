@@ -15,6 +15,7 @@ from skimage import data as skdata
 import imagezoo
 from imagezoo.cli import main
 from imagezoo.engine import backends, engine_cache, optimize, sample_inputs
+from imagezoo.engine.optimizer import tuning_file
 from imagezoo.engine.fold import fold_batch_norm
 from imagezoo.models.resnet import resnet
 
@@ -82,7 +83,7 @@ def scrambling_fast_engines(monkeypatch):
             return lambda x: run(x).roll(1, dims=1)  # every top-1 moves to the next class
         return run
 
-    monkeypatch.setattr("imagezoo.engine.build", scrambled)
+    monkeypatch.setattr("imagezoo.engine.optimizer.build", scrambled)
 
 
 def test_fast_engine_that_disagrees_falls_back_to_exact(lite0, monkeypatch, tmp_path):
@@ -95,14 +96,14 @@ def test_fast_engine_that_disagrees_falls_back_to_exact(lite0, monkeypatch, tmp_
 def test_calibration_the_model_cannot_run_fails_at_once_and_caches_nothing(lite0, tmp_path):
     with pytest.raises(RuntimeError, match="channels"):
         optimize(lite0, backend="auto", calibration=torch.zeros(2, 4, 224, 224), cache_dir=tmp_path)
-    assert not (engine_cache(lite0, tmp_path) / "tuning.json").exists()
+    assert not tuning_file(lite0, tmp_path).exists()
 
 
 def test_a_rebuilt_engine_file_is_checked_again(lite0, monkeypatch, tmp_path):
     optimize(lite0, backend="onnxruntime", batch_size=2, cache_dir=tmp_path)
     decoded = []
-    real = imagezoo.engine.sample_inputs
-    monkeypatch.setattr("imagezoo.engine.sample_inputs", lambda m: decoded.append(1) or real(m))
+    real = imagezoo.engine.optimizer.sample_inputs
+    monkeypatch.setattr("imagezoo.engine.optimizer.sample_inputs", lambda m: decoded.append(1) or real(m))
     optimize(lite0, backend="onnxruntime", batch_size=2, cache_dir=tmp_path)
     assert decoded == []                       # recorded: no check
     onnx_file = engine_cache(lite0, tmp_path) / "model.onnx"
@@ -123,7 +124,7 @@ def test_openvino_fast_tries_int8_then_bfloat16(lite0, monkeypatch, tmp_path):
         run = real_build(backend, model, numerics, *rest)
         return (lambda x: run(x).roll(1, dims=1)) if numerics == "int8" else run
 
-    monkeypatch.setattr("imagezoo.engine.build", int8_scrambled)
+    monkeypatch.setattr("imagezoo.engine.optimizer.build", int8_scrambled)
     engine = optimize(lite0, precision="fast", backend="openvino", batch_size=2, cache_dir=tmp_path)
     assert built == ["int8", "bf16"]
     assert (engine.backend, engine.precision, engine.numerics) == ("openvino", "fast", "bf16")
@@ -163,7 +164,7 @@ def test_a_checked_engine_loads_without_the_eager_model_next_time(lite0, photos,
 
     def no_samples(model):
         raise AssertionError("the sample photos were decoded again")
-    monkeypatch.setattr("imagezoo.engine.sample_inputs", no_samples)
+    monkeypatch.setattr("imagezoo.engine.optimizer.sample_inputs", no_samples)
     again = optimize(lite0, precision="fast", backend="torch-fast", batch_size=4, cache_dir=tmp_path)
     assert again.precision == "fast"
     np.testing.assert_array_equal(again(photos).numpy(), first(photos).numpy())
@@ -178,13 +179,13 @@ def test_a_checked_engine_loads_without_the_eager_model_next_time(lite0, photos,
 
 def test_tuning_is_cached_and_redone_for_another_model(lite0, monkeypatch, tmp_path):
     timed = []
-    real = imagezoo.engine.images_per_second
+    real = imagezoo.engine.optimizer.images_per_second
 
     def counting(run, example, budget_seconds=0.2):
         timed.append(1)
         return real(run, example, budget_seconds)
 
-    monkeypatch.setattr("imagezoo.engine.images_per_second", counting)
+    monkeypatch.setattr("imagezoo.engine.optimizer.images_per_second", counting)
     first = optimize(lite0, backend="auto", batch_size=1, cache_dir=tmp_path)
     assert len(timed) == 4 and first.backend in first.figures
     onnx = engine_cache(lite0, tmp_path) / "model.onnx"
@@ -193,9 +194,14 @@ def test_tuning_is_cached_and_redone_for_another_model(lite0, monkeypatch, tmp_p
     again = optimize(lite0, backend="auto", batch_size=1, cache_dir=tmp_path)  # a "restart"
     assert len(timed) == 4 and again.backend == first.backend
     assert onnx.stat().st_mtime_ns == built
+    # Other weights of the same network share the timing table (speed does not depend on
+    # the weights' values) but not the engine files; another network is timed anew.
     other = imagezoo.load_model("efficientnet_lite0", weights="random")
     assert engine_cache(other, tmp_path) != engine_cache(lite0, tmp_path)
     optimize(other, backend="auto", batch_size=1, cache_dir=tmp_path)
+    assert len(timed) == 4
+    resnet = imagezoo.load_model("resnet18", weights="random")
+    optimize(resnet, backend="auto", batch_size=1, cache_dir=tmp_path)
     assert len(timed) == 8
 
 
@@ -208,9 +214,9 @@ def test_a_missing_backend_is_skipped_with_a_message(lite0, monkeypatch, tmp_pat
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", without_openvino)
-    monkeypatch.setattr("imagezoo.engine.images_per_second", lambda run, example: 1.0)
+    monkeypatch.setattr("imagezoo.engine.optimizer.images_per_second", lambda run, example: 1.0)
     engine = optimize(lite0, backend="auto", batch_size=1, cache_dir=tmp_path)
-    table = json.loads((engine_cache(lite0, tmp_path) / "tuning.json").read_text())["exact/batch1"]
+    table = json.loads(tuning_file(lite0, tmp_path).read_text())["exact/batch1"]
     problems = {row["backend"]: row["problem"] for row in table}
     assert "openvino is not installed (pip install openvino)" == problems["openvino"]
     assert engine.backend != "openvino"
@@ -219,7 +225,7 @@ def test_a_missing_backend_is_skipped_with_a_message(lite0, monkeypatch, tmp_pat
 
 
 def test_cli_engines_table_and_fast_classify(cat_photo, capsys, monkeypatch):
-    monkeypatch.setattr("imagezoo.engine.images_per_second", lambda run, example: 2.0)
+    monkeypatch.setattr("imagezoo.engine.optimizer.images_per_second", lambda run, example: 2.0)
     assert main(["engines", "efficientnet_lite0", "--batch-size", "1"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["backend", "numerics", "img/s", "vs", "torch", "note"]

@@ -212,7 +212,7 @@ def test_cli_serve_runs_the_engine_it_is_asked_for(monkeypatch, cat_jpeg):
     def fake_serve(model, **options):  # what uvicorn would be handed, without blocking
         started.update(model=model, address=options.pop("sock").getsockname(), **options)
 
-    monkeypatch.setattr(cli, "serve", fake_serve)
+    monkeypatch.setattr("imagezoo.serve.serve", fake_serve)
     code = cli.main(["serve", "efficientnet_lite0", "--backend", "onnxruntime",
                      "--precision", "exact", "--port", "0", "--top", "3"])
     assert code == 0
@@ -231,7 +231,8 @@ def test_cli_serve_refuses_two_model_names(capsys):
 
 
 def test_cli_serve_reports_a_port_in_use_before_loading_the_model(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "model_from_args", lambda args: pytest.fail("loaded the model"))
+    monkeypatch.setattr("imagezoo.cli.inference.model_from_args",
+                        lambda args: pytest.fail("loaded the model"))
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         assert cli.main(["serve", "--port", str(port)]) == 2

@@ -6,34 +6,52 @@ The public API; everything the command line does is one of these calls::
     model = imagezoo.load_model("efficientnet_lite0")
     for result in imagezoo.classify(model, ["photo.jpg"], top=5):
         print(result.input, result.predictions[0].label)
+
+``import imagezoo`` is quick and does not import PyTorch: each name below is imported from its
+module on first use (PEP 562), so a program (or the ``imagezoo`` command) that only lists
+models, reads a card or manages the cache never pays for PyTorch.
 """
+from __future__ import annotations
+
+from importlib import import_module
+
 __version__ = "0.1.0"
 
-from .card import ModelCard  # noqa: E402
-from .data.transforms import Preprocess  # noqa: E402
-from .errors import (  # noqa: E402
-    DatasetError, ImageDecodeError, ImagezooError, UnknownModelError, WeightsError,
-    WeightsMismatchError, WeightsNotAvailableError,
-)
-from .loader import load_model  # noqa: E402
-from .model_folder import save_model  # noqa: E402
-from .tasks.convert import convert, inspect_weights  # noqa: E402
-from .tasks.features import extract_features, iter_features  # noqa: E402
-from .models.layers import UnknownLayerError, list_layers  # noqa: E402
-from .tasks.evaluate import Evaluation, evaluate  # noqa: E402
-from .tasks.finetune import FinetuneResult, finetune  # noqa: E402
-from .engine import Engine, optimize  # noqa: E402
-from .export import (  # noqa: E402
-    ExportError, OnnxModel, TorchScriptModel, export_onnx, export_torchscript,
-)
-from .weights.store import ChecksumError, DownloadError  # noqa: E402
-from .tasks.classify import Prediction, Ranked, classify, preprocess  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    "ModelCard": "imagezoo.card",
+    "Preprocess": "imagezoo.data.transforms",
+    "DatasetError": "imagezoo.errors", "ImageDecodeError": "imagezoo.errors",
+    "ImagezooError": "imagezoo.errors", "UnknownModelError": "imagezoo.errors",
+    "WeightsError": "imagezoo.errors", "WeightsMismatchError": "imagezoo.errors",
+    "WeightsNotAvailableError": "imagezoo.errors",
+    "load_model": "imagezoo.loader",
+    "save_model": "imagezoo.model_folder",
+    "convert": "imagezoo.tasks.convert", "inspect_weights": "imagezoo.tasks.convert",
+    "extract_features": "imagezoo.tasks.features", "iter_features": "imagezoo.tasks.features",
+    "UnknownLayerError": "imagezoo.models.layers", "list_layers": "imagezoo.models.layers",
+    "Evaluation": "imagezoo.tasks.evaluate", "evaluate": "imagezoo.tasks.evaluate",
+    "FinetuneResult": "imagezoo.tasks.finetune", "finetune": "imagezoo.tasks.finetune",
+    "Engine": "imagezoo.engine", "optimize": "imagezoo.engine",
+    "ExportError": "imagezoo.export", "OnnxModel": "imagezoo.export",
+    "TorchScriptModel": "imagezoo.export", "export_onnx": "imagezoo.export",
+    "export_torchscript": "imagezoo.export",
+    "ChecksumError": "imagezoo.weights.store", "DownloadError": "imagezoo.weights.store",
+    "Prediction": "imagezoo.tasks.classify", "Ranked": "imagezoo.tasks.classify",
+    "classify": "imagezoo.tasks.classify", "preprocess": "imagezoo.tasks.classify",
+}
 
-__all__ = [
-    "ChecksumError", "DownloadError", "convert", "inspect_weights", "save_model",
-    "Engine", "optimize", "ExportError", "OnnxModel", "TorchScriptModel", "export_onnx", "export_torchscript",
-    "Evaluation", "FinetuneResult", "finetune", "UnknownLayerError", "evaluate", "extract_features", "iter_features", "list_layers",
-    "DatasetError", "ImageDecodeError", "ImagezooError", "ModelCard", "Prediction", "Preprocess",
-    "Ranked", "UnknownModelError", "WeightsError", "WeightsMismatchError",
-    "WeightsNotAvailableError", "classify", "load_model", "preprocess",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imagezoo' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -37,12 +37,25 @@ def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | Non
         ResNets a ``WeightsNotAvailableError`` says to pass a file or ``pretrained``);
       - a weight file in any format above; a torchvision-style file fills the named
         architecture, an imported one (MatConvNet, Paddle) must hold the same depth;
-      - ``"random"``: He-initialised weights, for training from scratch or speed tests.
+      - ``"random"`` or ``"random:SEED"``: He-initialised weights drawn from the seed (0 by
+        default), for training from scratch or speed tests. The same seed is the same model
+        (and so finds its cached engines again); the card's source says which seed.
 
     ``pretrained`` (``"torchvision"``, ``"matconvnet"``, ``"paddle_v1"``) fetches the
     publisher's weights for the named model through the verified cache (see
     ``imagezoo.weights.fetch``); ``verify=True`` re-hashes a file already in the cache.
     """
+    model = _load_model(name_or_path, weights, pretrained, verify)
+    if pretrained is None:
+        # How the user named the model: the engine cache files its engines under this name too
+        # (engine/records.source_key), so a later run finds them before loading the model.
+        model.source_args = (str(name_or_path), None if weights is None else str(weights))
+    return model
+
+
+def _load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = None,
+                pretrained: str | None = None, verify: bool = False) -> nn.Module:
+    """``load_model`` without recording how the model was named."""
     text = str(name_or_path)
     if Path(text).exists():
         if weights is not None or pretrained is not None:
@@ -62,10 +75,28 @@ def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | Non
         weights = fetch_published(text, pretrained, verify=verify)
     if weights is None:
         return _load_bundled(text, card)
-    if str(weights) == RANDOM:
-        card.source = RANDOM
-        return _ready(build_model(card.architecture), card)
+    seed = random_seed(weights)
+    if seed is not None:
+        import torch
+        card.source = f"{RANDOM}:{seed}"
+        with torch.random.fork_rng(devices=[]):  # the caller's own random state is left alone
+            torch.manual_seed(seed)
+            return _ready(build_model(card.architecture), card)
     return _load_named(text, card, Path(weights))
+
+
+def random_seed(weights) -> int | None:
+    """The seed of ``"random"`` (0) or ``"random:SEED"``; None for anything else."""
+    text = str(weights) if weights is not None else ""
+    if text == RANDOM:
+        return 0
+    if text.startswith(RANDOM + ":"):
+        value = text[len(RANDOM) + 1:]
+        if not value.isdigit():
+            raise WeightsError(f"--weights {text}: the seed after 'random:' must be a "
+                               f"non-negative integer")
+        return int(value)
+    return None
 
 
 def _load_bundled(name: str, card: ModelCard) -> nn.Module:

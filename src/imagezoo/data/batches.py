@@ -13,9 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ImageDecodeError
-from .decode_guard import preprocess_reason
-from .images import load_image
+from .items import prepare_item
 from .transforms import Preprocess, preprocess_image
 
 
@@ -28,11 +26,9 @@ class Batch:
 
 
 class ImageDataset(Dataset):
-    """Item ``i``: (i, preprocessed tensor or None, error message or None, notes).
-
-    Nothing an input does escapes ``__getitem__``: a decoder's exception is its error
-    (``load_image``), and so is one from preprocessing (an image too small or too odd for the
-    transform), so a DataLoader worker never dies of one file."""
+    """Item ``i``: (i, preprocessed tensor or None, error message or None, notes); nothing an
+    input does escapes (``items.prepare_item``), so a DataLoader worker never dies of one
+    file."""
 
     def __init__(self, sources: list[str], spec: Preprocess,
                  transform: Callable[[Image.Image, Preprocess], torch.Tensor] = preprocess_image,
@@ -46,19 +42,9 @@ class ImageDataset(Dataset):
         return len(self.sources)
 
     def __getitem__(self, index: int):
-        notes: list[str] = []
-        source = self.sources[index]
-        try:
-            image = load_image(source, draft_size=self.draft_size, notes=notes)
-        except ImageDecodeError as error:
-            return index, None, str(error), notes
-        try:
-            if getattr(self.transform, "takes_index", False):
-                # Augmenting transforms draw their randomness from the image's index.
-                return index, self.transform(image, self.spec, index), None, notes
-            return index, self.transform(image, self.spec), None, notes
-        except Exception as error:  # noqa: BLE001 - one input's problem, never the run's
-            return index, None, f"{source}: {preprocess_reason(error)}", notes
+        value, error, notes = prepare_item(self.sources[index], self.transform, self.spec,
+                                           self.draft_size, index)
+        return index, value, error, notes
 
 
 def collate(items) -> Batch:
@@ -69,12 +55,7 @@ def collate(items) -> Batch:
     return Batch([index for index, _ in good], tensor, failures, notes)
 
 
-# The batch size of the inference commands. Small batches keep the pipeline full: the model
-# starts on the first images while the workers decode the next ones, and a run ends with one
-# small batch rather than a large one on a single core. Measured here (2 cores, 64 photos of
-# 1600x1200, EfficientNet-Lite0 fast): 121 img/s at batch 8 against 89 at batch 32, and the
-# engines run batch 8 at nearly their batch-32 rate per image.
-INFERENCE_BATCH = 8
+from ..choices import INFERENCE_BATCH  # noqa: E402,F401 (see there why 8)
 
 
 def default_workers(count: int) -> int:

@@ -31,13 +31,18 @@ LIST_EXTENSIONS = frozenset({".txt", ".list", ".lst"})
 _NEVER_DECODED = frozenset({"MPEG"})  # identifies the stream, has no decoder
 
 
-@functools.lru_cache(maxsize=None)
 def image_extensions() -> frozenset[str]:
     """The file extensions (lower case, with the dot) of every format the installed Pillow,
-    with its optional plugins, can decode here."""
+    with its optional plugins (and any registered since), can decode here."""
     Image.init()
-    openable = set(Image.OPEN) | {"MPO"}  # MPO files are opened by the JPEG plugin
-    return frozenset(ext for ext, image_format in Image.registered_extensions().items()
+    registered = frozenset(Image.registered_extensions().items())
+    return _decodable_extensions(registered, frozenset(Image.OPEN))
+
+
+@functools.lru_cache(maxsize=8)
+def _decodable_extensions(registered: frozenset, openers: frozenset) -> frozenset[str]:
+    openable = set(openers) | {"MPO"}  # MPO files are opened by the JPEG plugin
+    return frozenset(ext for ext, image_format in registered
                      if image_format in openable and _decodable(image_format))
 
 

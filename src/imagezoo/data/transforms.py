@@ -21,9 +21,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -128,35 +132,49 @@ def center_crop(image: Image.Image, crop: int | None) -> Image.Image:
     return image.crop(crop_box(*image.size, crop))
 
 
-def to_tensor(image: Image.Image, spec: Preprocess) -> torch.Tensor:
-    """Pixel values of an already cropped RGB image -> normalised 3 x H x W float32 tensor."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # H x W x 3, RGB
-    values = pixels.to(torch.float32)
+def to_array(image: Image.Image, spec: Preprocess) -> np.ndarray:
+    """Pixel values of an already cropped RGB image -> normalised 3 x H x W float32 array.
+
+    NumPy alone (no PyTorch), and bit-for-bit what torchvision's ``ToTensor`` + ``Normalize``
+    give: each step is one IEEE float32 operation, which NumPy and PyTorch round alike."""
+    values = np.asarray(image, dtype=np.uint8).astype(np.float32)  # H x W x 3, RGB
     if spec.scale != 1.0:
         # torchvision's ToTensor divides by 255 rather than multiplying by 1/255; match it
         # so the result is bit-for-bit the same.
         if abs(spec.scale - 1.0 / 255.0) < 1e-12:
-            values = values.div(255.0)
+            values = values / np.float32(255.0)
         else:
-            values = values.mul(spec.scale)
+            values = values * np.float32(spec.scale)
     if spec.channel_order == "BGR":
-        values = values.flip(-1)
+        values = values[..., ::-1]
     if spec.mean_image is not None:
-        mean = torch.from_numpy(spec.mean_image)
+        mean = spec.mean_image
         if tuple(mean.shape[:2]) not in ((1, 1), tuple(values.shape[:2])):
             raise ValueError(f"mean image of {tuple(mean.shape[:2])} does not match the "
                              f"{tuple(values.shape[:2])} crop")
         values = values - mean
     else:
-        values = values - torch.tensor(spec.mean, dtype=torch.float32)
-    values = values / torch.tensor(spec.std, dtype=torch.float32)
-    return values.permute(2, 0, 1).contiguous()
+        values = values - np.asarray(spec.mean, dtype=np.float32)
+    values = values / np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(values.transpose(2, 0, 1))
 
 
-def preprocess_image(image: Image.Image, spec: Preprocess) -> torch.Tensor:
-    """RGB PIL image -> 3 x H x W tensor, single centre crop."""
+def to_tensor(image: Image.Image, spec: Preprocess) -> "torch.Tensor":
+    """``to_array`` as a torch tensor."""
+    import torch
+    return torch.from_numpy(to_array(image, spec))
+
+
+def preprocess_array(image: Image.Image, spec: Preprocess) -> np.ndarray:
+    """RGB PIL image -> 3 x H x W float32 array, single centre crop (no PyTorch)."""
     image = resize_and_pad(image, spec)
-    return to_tensor(center_crop(image, spec.crop), spec)
+    return to_array(center_crop(image, spec.crop), spec)
+
+
+def preprocess_image(image: Image.Image, spec: Preprocess) -> "torch.Tensor":
+    """RGB PIL image -> 3 x H x W tensor, single centre crop."""
+    import torch
+    return torch.from_numpy(preprocess_array(image, spec))
 
 
 # The placements of torchvision's FiveCrop, in its order: top-left, top-right, bottom-left,
@@ -183,9 +201,15 @@ def ten_crop_images(image: Image.Image, crop: int) -> list[Image.Image]:
     return crops
 
 
-def preprocess_ten_crop(image: Image.Image, spec: Preprocess) -> torch.Tensor:
-    """RGB PIL image -> 10 x 3 x H x W tensor: the card's resize, then the ten crops."""
+def preprocess_ten_crop_array(image: Image.Image, spec: Preprocess) -> np.ndarray:
+    """RGB PIL image -> 10 x 3 x H x W float32 array: the card's resize, then the ten crops."""
     if spec.crop is None:
         raise ValueError("ten-crop prediction needs a crop size in the preprocessing spec")
     image = resize_and_pad(image, spec)
-    return torch.stack([to_tensor(crop, spec) for crop in ten_crop_images(image, spec.crop)])
+    return np.stack([to_array(crop, spec) for crop in ten_crop_images(image, spec.crop)])
+
+
+def preprocess_ten_crop(image: Image.Image, spec: Preprocess) -> "torch.Tensor":
+    """``preprocess_ten_crop_array`` as a torch tensor."""
+    import torch
+    return torch.from_numpy(preprocess_ten_crop_array(image, spec))

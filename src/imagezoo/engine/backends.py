@@ -39,7 +39,7 @@ from .fold import fold_batch_norm
 log = logging.getLogger(__name__)
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
-BACKENDS = ("torch", "torch-fast", "onnxruntime", "openvino")
+from ..choices import BACKENDS  # noqa: E402,F401 (defined once, re-exported)
 FAST_NUMERICS = {"torch": (), "torch-fast": ("bf16",), "onnxruntime": ("int8",),
                  "openvino": ("int8", "bf16")}
 

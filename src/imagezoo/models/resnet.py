@@ -20,38 +20,10 @@ Module names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``,
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
-POOL1_STYLES = ("torchvision", "caffe")
-BLOCK_TYPES = ("basic", "bottleneck")
-
-
-@dataclass(frozen=True)
-class ResNetSpec:
-    block: str = "bottleneck"
-    layers: tuple[int, ...] = (3, 4, 6, 3)
-    width: int = 64
-    num_classes: int = 1000
-    stride_in_1x1: bool = False
-    pool1: str = "torchvision"
-    conv1_bias: bool = False
-    bn_eps: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if self.block not in BLOCK_TYPES:
-            raise ValueError(f"block must be one of {BLOCK_TYPES}, not {self.block!r}")
-        if self.pool1 not in POOL1_STYLES:
-            raise ValueError(f"pool1 must be one of {POOL1_STYLES}, not {self.pool1!r}")
-        if self.width < 1 or self.num_classes < 1 or not self.layers or min(self.layers) < 1:
-            raise ValueError(f"invalid ResNet spec: {self}")
-        object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
-
-    def to_dict(self) -> dict:
-        return {"family": "resnet", **asdict(self), "layers": list(self.layers)}
-
+from .specs import BLOCK_TYPES, POOL1_STYLES, STANDARD_DEPTHS, ResNetSpec  # noqa: F401 (re-exported)
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions and an identity (or projected) shortcut."""
@@ -171,12 +143,3 @@ def resnet(depth: int, **overrides) -> ResNet:
     """The standard depths with torchvision's defaults; ``overrides`` change any spec field."""
     layers, block = STANDARD_DEPTHS[depth]
     return ResNet(ResNetSpec(block=block, layers=layers, **overrides))
-
-
-STANDARD_DEPTHS: dict[int, tuple[tuple[int, ...], str]] = {
-    18: ((2, 2, 2, 2), "basic"),
-    34: ((3, 4, 6, 3), "basic"),
-    50: ((3, 4, 6, 3), "bottleneck"),
-    101: ((3, 4, 23, 3), "bottleneck"),
-    152: ((3, 8, 36, 3), "bottleneck"),
-}

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import socket
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 from ..errors import ImagezooError
 
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+from ..choices import DEFAULT_HOST, DEFAULT_PORT  # noqa: E402,F401 (defined once)
 # Host header names a server on the loopback address answers to (see create_app).
 LOOPBACK_NAMES = {"127.0.0.1": ["127.0.0.1", "localhost"], "localhost": ["127.0.0.1", "localhost"]}
 
@@ -37,14 +40,14 @@ def listening_socket(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> sock
                                if "in use" in reason else "")) from None
 
 
-def create_app(model: nn.Module, **options):
+def create_app(model: "nn.Module", **options):
     """The FastAPI app for ``model``; see ``imagezoo.serve.app.create_app`` for the options."""
     require_server_packages()
     from .app import create_app as build
     return build(model, **options)
 
 
-def serve(model: nn.Module, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+def serve(model: "nn.Module", host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           sock: socket.socket | None = None, log_level: str = "info", **options) -> None:
     """Serve ``model`` until interrupted (Ctrl-C), on ``sock`` or a socket bound to
     ``host:port``. The default host only answers this machine, and then only requests

@@ -4,8 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -14,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..card import ModelCard
+from .results import Prediction, Predictions, Ranked  # noqa: F401 (re-exported)
 from ..errors import ImageDecodeError, ImagezooError
 from ..data.decode_guard import preprocess_reason
 from ..data.batches import INFERENCE_BATCH, ImageDataset, image_batches
@@ -22,46 +22,6 @@ from ..data.sources import expand_sources
 from ..data.transforms import preprocess_image, preprocess_ten_crop
 
 log = logging.getLogger(__name__)
-
-
-class Ranked(NamedTuple):
-    rank: int
-    index: int
-    label: str
-    probability: float
-
-
-@dataclass
-class Prediction:
-    """The result for one input: its top-k classes, or the error that stopped it."""
-
-    input: str
-    predictions: list[Ranked] | None = None
-    error: str | None = None
-    notes: list[str] = field(default_factory=list)  # what the decoder said about this input
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict:
-        record: dict = {"input": self.input}
-        if self.error is not None:
-            record["error"] = self.error
-        else:
-            record["predictions"] = [r._asdict() for r in self.predictions]
-        if self.notes:
-            record["warnings"] = self.notes
-        return record
-
-
-class Predictions(list):
-    """``classify``'s answer: one ``Prediction`` per image in input order, and ``skipped``,
-    the files of the folders walked that were not taken as images, with the reason."""
-
-    def __init__(self, items=(), skipped=()):
-        super().__init__(items)
-        self.skipped: list[tuple[str, str]] = list(skipped)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

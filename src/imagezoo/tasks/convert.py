@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..model_folder import save_model
-from ..models.registry import build_model
-from ..weights.formats import detect_format, read_weights
-from ..weights.torch_state import load_state_dict
+import math
+
+from ..model_folder import is_model_folder, read_card, tensor_shapes
+
+# Buffers, not parameters: left out of the parameter count.
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def convert(source: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -16,6 +18,10 @@ def convert(source: str | os.PathLike, out: str | os.PathLike) -> Path:
     The weights are checked against the architecture before anything is written, and the
     card records the source file's name, format and SHA-256.
     """
+    from ..model_folder import save_model
+    from ..models.registry import build_model
+    from ..weights.formats import read_weights
+    from ..weights.torch_state import load_state_dict
     tensors, card = read_weights(source)
     model = build_model(card.architecture)
     load_state_dict(model, tensors, str(source))
@@ -23,9 +29,15 @@ def convert(source: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 
 def inspect_weights(source: str | os.PathLike, label_count: int = 5) -> dict:
-    """What a weight file holds: format, architecture, sizes, preprocessing, first labels."""
-    kind = detect_format(source)
-    tensors, card = read_weights(source)
+    """What a weight file holds: format, architecture, sizes, preprocessing, first labels.
+    A model folder is described from its card and its safetensors header, without PyTorch."""
+    if is_model_folder(source):
+        kind, card, shapes = "model_folder", read_card(source), tensor_shapes(source)
+    else:
+        from ..weights.formats import detect_format, read_weights
+        kind = detect_format(source)
+        tensors, card = read_weights(source)
+        shapes = {name: tuple(tensor.shape) for name, tensor in tensors.items()}
     preprocess = card.preprocess.to_dict()
     if card.preprocess.mean_image is not None:
         preprocess["mean_image"] = {"shape": list(card.preprocess.mean_image.shape),
@@ -35,9 +47,9 @@ def inspect_weights(source: str | os.PathLike, label_count: int = 5) -> dict:
         "source": str(source),
         "format": kind,
         "architecture": card.architecture,
-        "tensors": len(tensors),
-        "parameters": int(sum(t.numel() for n, t in tensors.items()
-                              if not n.endswith(("running_mean", "running_var", "num_batches_tracked")))),
+        "tensors": len(shapes),
+        "parameters": sum(math.prod(shape) for name, shape in shapes.items()
+                          if not name.endswith(BUFFER_SUFFIXES)),
         "num_classes": card.num_classes,
         "preprocess": preprocess,
         "labels": card.labels[:label_count],

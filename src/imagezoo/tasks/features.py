@@ -19,7 +19,7 @@ from .classify import image_dataset, resolve_device, show_progress
 
 log = logging.getLogger(__name__)
 
-POOLS = ("avg", "max")
+from ..choices import POOLS  # noqa: E402,F401 (defined once, re-exported)
 
 
 @contextmanager

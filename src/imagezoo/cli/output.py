@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections import Counter
-from pathlib import Path
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class _NamedFormatter(logging.Formatter):
@@ -42,6 +42,8 @@ def skipped_counts(skipped: list[tuple[str, str]]) -> str:
     """``2 skipped (.txt 1, .h5 1)``, or an empty string."""
     if not skipped:
         return ""
+    from collections import Counter
+    from pathlib import Path
     counts = Counter(Path(path).suffix.lower() or "no extension" for path, _ in skipped)
     shown = ", ".join(f"{ext} {count}" for ext, count in counts.most_common())
     return f"{len(skipped)} skipped ({shown})"
