@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench install clean browser
+.PHONY: run test bench install clean browser graphviz
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ run: $(STAMP)
 # The engine tests load OpenVINO; in one long pytest process beside everything else the
 # process twice died of a segmentation fault in a later, unrelated test (never reproduced in
 # isolation), so they run in a process of their own.
-test: $(STAMP) browser
+test: $(STAMP) browser graphviz
 	$(BIN)/python -m pytest -q --ignore=tests/test_engine.py
 	$(BIN)/python -m pytest -q tests/test_engine.py
 
@@ -33,6 +33,13 @@ browser:
 		&& { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
 		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; } \
 		|| echo "make: Chromium is missing; the web page test is skipped, or fails under CI (apt-get install chromium)"; }
+
+# Diagrams (imagezoo graph) need Graphviz's dot program; installed the same way when missing.
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends graphviz >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends graphviz >/dev/null; }; } \
+		|| echo "make: Graphviz's dot is missing; the diagram tests that need it are skipped (apt-get install graphviz)"; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_classify.py

@@ -39,6 +39,8 @@ _EXPORTS = {
     "ChecksumError": "imagezoo.weights.store", "DownloadError": "imagezoo.weights.store",
     "Prediction": "imagezoo.tasks.classify", "Ranked": "imagezoo.tasks.classify",
     "classify": "imagezoo.tasks.classify", "preprocess": "imagezoo.tasks.classify",
+    "summary": "imagezoo.viz.summary", "explain": "imagezoo.viz.cam",
+    "Explanation": "imagezoo.viz.cam",
 }
 
 __all__ = sorted(_EXPORTS)

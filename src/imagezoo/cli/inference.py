@@ -106,6 +106,9 @@ def run_classify(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, workers=args.workers, device=args.device,
                            progress=args.progress, ten_crop=args.ten_crop,
                            draft=getattr(model, "precision", None) == "fast")
+    if args.plot:
+        from .viz import plot_predictions
+        plot_predictions(results, args.plot)
     for result in results:
         if not result.ok:
             print(f"imagezoo: {result.error}", file=sys.stderr)
@@ -233,6 +236,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"imagezoo: {error}", file=sys.stderr)
     if result.count:
         print(json.dumps(result.to_dict()) if args.json else format_report(result))
+        if args.plot:
+            from .viz import plot_evaluation
+            plot_evaluation(result, args.plot)
     return finish_run("evaluated", [True] * result.count + [False] * len(result.failed), [])
 
 

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="average the probabilities of ten crops (corners, centre, "
                                       "and their mirrors)")
     add_source_options(classify_parser)
+    classify_parser.add_argument("--plot", metavar="DIR",
+                                 help="also draw each photo beside its top-k chart, as PNGs in DIR")
     classify_parser.add_argument("--list-skipped", action="store_true",
                                  help="also list the files of the folders that were not taken "
                                       "as images (with --json: one {input, skipped} object each)")
@@ -85,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="also count a hit among the top K (default 5)")
     evaluate_parser.add_argument("--ten-crop", action="store_true")
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate_parser.add_argument("--plot", metavar="DIR",
+                                 help="also draw the per-class accuracy and the most confused "
+                                      "classes as PNGs in DIR")
     add_engine_options(evaluate_parser)
     add_batch_options(evaluate_parser)
     evaluate_parser.set_defaults(handler="inference:run_evaluate")
@@ -182,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     # One upload per forward pass, on the CPU.
     serve_parser.set_defaults(handler="inference:run_serve", batch_size=10, device="cpu")
 
+    add_viz_commands(commands)
+
     cache_parser = commands.add_parser(
         "cache", help="list, clear or trim the cache of engines and downloaded weights",
         description="The cache folder ($IMAGEZOO_CACHE, else ~/.cache/imagezoo) holds downloaded "
@@ -202,6 +209,72 @@ def build_parser() -> argparse.ArgumentParser:
     models_parser = commands.add_parser("models", help="list the model names imagezoo knows")
     models_parser.set_defaults(handler="models:run_models")
     return parser
+
+
+def add_viz_commands(commands) -> None:
+    """summary, graph, explain, plot: pictures of a network and of its predictions."""
+    names_help = "layer names: torch module paths, or those of the Caffe / Paddle files"
+    summary_parser = commands.add_parser(
+        "summary", help="layer table: output shapes, parameters, multiply-adds",
+        description="Every layer (or the blocks and stages, with --depth) with its output shape, "
+                    "trainable and frozen parameters and multiply-adds for one image; convolutions "
+                    "and linear layers are counted (batch norm folds into them), as torchvision does.")
+    summary_parser.add_argument("model", metavar="MODEL", help="a model name, folder or weight file")
+    summary_parser.add_argument("--weights", metavar="FILE")
+    summary_parser.add_argument("--size", type=positive_int, default=None,
+                                help="input side (default: the card's crop)")
+    summary_parser.add_argument("--depth", type=positive_int, default=None,
+                                help="collapse below this many levels (1: stages, 2: blocks)")
+    summary_parser.add_argument("--names", choices=("torch", "caffe", "paddle"), default="torch",
+                                help=names_help)
+    formats = summary_parser.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true")
+    formats.add_argument("--csv", action="store_true")
+    summary_parser.set_defaults(handler="viz:run_summary", pretrained=None, verify=False)
+
+    graph_parser = commands.add_parser(
+        "graph", help="draw the network's data flow with Graphviz",
+        description="The forward pass as a diagram: each step with its type and output shape, "
+                    "blocks and stages as boxes, shortcuts dashed. .svg/.png/.pdf need Graphviz's "
+                    "dot program; .dot does not.")
+    graph_parser.add_argument("model", metavar="MODEL")
+    graph_parser.add_argument("--weights", metavar="FILE")
+    graph_parser.add_argument("--out", required=True, metavar="FILE", help=".svg, .png, .pdf or .dot")
+    graph_parser.add_argument("--depth", type=positive_int, default=None,
+                              help="collapse blocks (2) or stages (1) so a deep network fits a page")
+    graph_parser.add_argument("--names", choices=("torch", "caffe", "paddle"), default="torch",
+                              help=names_help)
+    graph_parser.add_argument("--size", type=positive_int, default=None)
+    graph_parser.set_defaults(handler="viz:run_graph", pretrained=None, verify=False)
+
+    explain_parser = commands.add_parser(
+        "explain", help="class-activation heat maps: where the evidence for a class lies",
+        description="Grad-CAM (default), Grad-CAM++ or CAM heat maps of images, overlaid on the "
+                    "photo with the class and its probability; one PNG per image and class.")
+    explain_parser.add_argument("inputs", nargs="+", metavar="IMAGE")
+    add_model_options(explain_parser)
+    explain_parser.add_argument("--layer", metavar="L",
+                                help="default: the last convolutional stage (layer4, or Lite0's "
+                                     "last block); any name 'imagezoo layers' lists")
+    targets = explain_parser.add_mutually_exclusive_group()
+    targets.add_argument("--class", dest="classes", metavar="C1,C2",
+                         help="class indices or labels to explain (default: the top classes)")
+    targets.add_argument("--top", type=positive_int, default=1, metavar="K",
+                         help="explain the K most likely classes (default 1)")
+    explain_parser.add_argument("--method", choices=("gradcam", "gradcam++", "cam"),
+                                default="gradcam")
+    explain_parser.add_argument("--out", required=True, metavar="DIR")
+    explain_parser.add_argument("--json", action="store_true",
+                                help="one JSON object per picture: class, layer, peak")
+    explain_parser.set_defaults(handler="viz:run_explain")
+
+    plot_parser = commands.add_parser(
+        "plot", help="redraw a fine-tuning run's loss and error curves",
+        description="Loss and error per epoch from DIR/history.jsonl (finetune draws the same "
+                    "DIR/curves.png when it ends).")
+    plot_parser.add_argument("history", metavar="DIR/history.jsonl")
+    plot_parser.add_argument("--out", metavar="FILE", help="default: curves.png beside it")
+    plot_parser.set_defaults(handler="viz:run_plot")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -29,5 +29,8 @@ def run_finetune(args: argparse.Namespace) -> int:
                       device=args.device, log_stream=sys.stderr,
                       json_stream=sys.stdout if args.json else None)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"imagezoo: wrote {result.out}", file=sys.stderr)
+        from .viz import plot_training
+        plot_training(result.out)  # curves.png beside history.jsonl
+        print(f"imagezoo: wrote {result.out} (curves.png: loss and error per epoch)",
+              file=sys.stderr)
     return EXIT_OK

@@ -1,0 +1,30 @@
+"""See a network and its predictions: layer table, data-flow diagram, charts, heat maps.
+
+* ``summary(model)``: every layer's output shape, parameters and multiply-adds (summary.py);
+* ``network_graph(model)`` / ``write_graph(model, path)``: the Graphviz diagram (graph.py);
+* ``prediction_chart``, ``evaluation_charts``, ``training_curves``: matplotlib PNGs (plots.py);
+* ``explain(model, image)`` / ``overlay(photo, explanation, path)``: Grad-CAM, Grad-CAM++ and
+  CAM heat maps (cam.py).
+
+This is the top layer of the package: it uses models/, data/ and tasks/, and nothing below
+imports it. graphviz and matplotlib are imported only by the functions that need them.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+from .summary import Summary, SummaryRow, summary
+
+_LAZY = {
+    "network_graph": "graph", "write_graph": "graph",
+    "prediction_chart": "plots", "evaluation_charts": "plots", "training_curves": "plots",
+    "explain": "cam", "overlay": "cam", "Explanation": "cam",
+}
+
+__all__ = ["Summary", "SummaryRow", "summary", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
