@@ -62,3 +62,24 @@ def lite0():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def assert_reproduces_reference(model, expected: dict) -> None:
+    """A Paddle fixture's logits, pooled features and four stage maps (``input_bgr`` in)."""
+    import torch
+    captured = {}
+    hooks = [getattr(model, f"layer{stage}").register_forward_hook(
+                 lambda module, inputs, output, stage=stage:
+                 captured.__setitem__(f"stage{stage}", output.clone()))
+             for stage in range(1, 5)]
+    with torch.no_grad():
+        x = torch.from_numpy(expected["input_bgr"])
+        logits = model(x)
+        pooled = model.forward_features(x)
+    for hook in hooks:
+        hook.remove()
+    np.testing.assert_allclose(logits.numpy(), expected["logits"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pooled.numpy(), expected["pooled"], rtol=1e-4, atol=1e-4)
+    for stage in range(1, 5):
+        key = f"stage{stage}"
+        assert_stage_map_close(captured[key].numpy(), expected[key], key)

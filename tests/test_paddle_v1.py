@@ -19,7 +19,7 @@ from imagezoo.models.resnet import ResNetSpec
 from imagezoo.weights.paddle_v1 import folder_sha256, is_paddle_v1_folder, read_paddle_v1
 from imagezoo.weights.torch_state import load_state_dict
 from paddle_writer import random_resnet, write_paddle_v1, write_parameter_file
-from conftest import assert_stage_map_close
+from conftest import assert_reproduces_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT.parent / "shared" / "fixtures"
@@ -71,23 +71,7 @@ def test_fixture_card(reference):
 
 def test_fixture_reproduces_reference_outputs(reference):
     tensors, card, expected = reference
-    model = load(tensors, card)
-    captured = {}
-    hooks = [getattr(model, f"layer{stage}").register_forward_hook(
-                 lambda module, inputs, output, stage=stage:
-                 captured.__setitem__(f"stage{stage}", output.clone()))
-             for stage in range(1, 5)]
-    with torch.no_grad():
-        x = torch.from_numpy(expected["input_bgr"])
-        logits = model(x)
-        pooled = model.forward_features(x)
-    for hook in hooks:
-        hook.remove()
-    np.testing.assert_allclose(logits.numpy(), expected["logits"], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(pooled.numpy(), expected["pooled"], rtol=1e-4, atol=1e-4)
-    for stage in range(1, 5):
-        key = f"stage{stage}"
-        assert_stage_map_close(captured[key].numpy(), expected[key], key)
+    assert_reproduces_reference(load(tensors, card), expected)
 
 
 def test_fixture_preprocessing_matches_reference_input(reference):

@@ -20,7 +20,7 @@ from imagezoo.weights.paddle_v2 import is_paddle_v2_tarball, read_paddle_v2_tar
 from paddle_writer import (
     sidecar_bytes, v2_members, write_tarball, write_v2_folder, write_v2_tarball,
 )
-from conftest import assert_stage_map_close, shared_fixture
+from conftest import assert_reproduces_reference, shared_fixture
 
 
 @pytest.fixture(scope="module")
@@ -36,26 +36,6 @@ def reference() -> dict:
 @pytest.fixture(scope="module")
 def v1_tensors(fixture_folder):
     return read_paddle_v1(fixture_folder)
-
-
-def assert_reproduces_reference(model: torch.nn.Module, expected: dict) -> None:
-    """Logits, pooled features and the four stage maps, as the v1 fixture test checks them."""
-    captured = {}
-    hooks = [getattr(model, f"layer{stage}").register_forward_hook(
-                 lambda module, inputs, output, stage=stage:
-                 captured.__setitem__(f"stage{stage}", output.clone()))
-             for stage in range(1, 5)]
-    with torch.no_grad():
-        x = torch.from_numpy(expected["input_bgr"])
-        logits = model(x)
-        pooled = model.forward_features(x)
-    for hook in hooks:
-        hook.remove()
-    np.testing.assert_allclose(logits.numpy(), expected["logits"], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(pooled.numpy(), expected["pooled"], rtol=1e-4, atol=1e-4)
-    for stage in range(1, 5):
-        key = f"stage{stage}"
-        assert_stage_map_close(captured[key].numpy(), expected[key], key)
 
 
 def assert_same_tensors(actual: dict, expected: dict) -> None:

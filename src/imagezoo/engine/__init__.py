@@ -12,27 +12,19 @@ backend's runner), ``records.py`` (the cache's JSON records, readable without Py
 """
 from __future__ import annotations
 
-from importlib import import_module
-
 from ..choices import BACKENDS, PRECISIONS  # noqa: F401 (defined once, re-exported)
+from ..lazy import lazy_exports
 
 _EXPORTS = {
-    "Engine": "optimizer", "optimize": "optimizer", "is_tuned": "optimizer",
-    "engine_cache": "optimizer", "model_digest": "optimizer", "sample_inputs": "optimizer",
-    "tuning_table": "optimizer", "CheckRecord": "optimizer", "images_per_second": "optimizer",
-    "FAST_PROBABILITY_SHIFT": "optimizer", "EXACT_TOLERANCE": "optimizer",
-    "SAMPLE_PHOTOS": "optimizer", "build": "optimizer",
-    "machine_facts": "records", "cpu_model": "records", "ENGINE_FORMAT": "records",
-    "layer_engine": "layer_engines", "LAYER_BACKENDS": "layer_engines",
+    "Engine": ".optimizer", "optimize": ".optimizer", "is_tuned": ".optimizer",
+    "engine_cache": ".optimizer", "model_digest": ".optimizer", "sample_inputs": ".optimizer",
+    "tuning_table": ".optimizer", "CheckRecord": ".optimizer", "images_per_second": ".optimizer",
+    "FAST_PROBABILITY_SHIFT": ".optimizer", "EXACT_TOLERANCE": ".optimizer",
+    "SAMPLE_PHOTOS": ".optimizer", "build": ".optimizer",
+    "machine_facts": ".records", "cpu_model": ".records", "ENGINE_FORMAT": ".records",
+    "layer_engine": ".layer_engines", "LAYER_BACKENDS": ".layer_engines",
 }
 
 __all__ = sorted([*_EXPORTS, "BACKENDS", "PRECISIONS"])
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imagezoo.engine' has no attribute {name!r}")
-    value = getattr(import_module(f"imagezoo.engine.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

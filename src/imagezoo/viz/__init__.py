@@ -11,20 +11,15 @@ imports it. graphviz and matplotlib are imported only by the functions that need
 """
 from __future__ import annotations
 
-from importlib import import_module
-
+from ..lazy import lazy_exports
 from .summary import Summary, SummaryRow, summary
 
 _LAZY = {
-    "network_graph": "graph", "write_graph": "graph",
-    "prediction_chart": "plots", "evaluation_charts": "plots", "training_curves": "plots",
-    "explain": "cam", "overlay": "cam", "Explanation": "cam",
+    "network_graph": ".graph", "write_graph": ".graph",
+    "prediction_chart": ".plots", "evaluation_charts": ".plots", "training_curves": ".plots",
+    "explain": ".cam", "overlay": ".cam", "Explanation": ".cam",
 }
 
 __all__ = ["Summary", "SummaryRow", "summary", *_LAZY]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
