@@ -9,7 +9,7 @@ PRECISIONS = ("exact", "fast")
 # Spatial reductions of a feature map (tasks/features.py).
 POOLS = ("avg", "max")
 # Publishers whose weights ``--pretrained`` fetches (weights/published.py).
-PUBLISHERS = ("torchvision", "matconvnet", "paddle_v1")
+PUBLISHERS = ("torchvision", "matconvnet", "paddle_v1", "akamaster")
 
 # The batch size of the inference commands. Small batches keep the pipeline full: the model
 # starts on the first images while the workers decode the next ones, and a run ends with one

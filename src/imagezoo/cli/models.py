@@ -28,7 +28,8 @@ def run_export(args: argparse.Namespace) -> int:
 def run_layers(args: argparse.Namespace) -> int:
     from ..models.layers import list_layers
     model = model_from_args(args)
-    layers = list_layers(model, args.size)
+    card = getattr(model, "card", None)
+    layers = list_layers(model, args.size or (card and card.preprocess.input_size) or 224)
     if args.json:
         for layer in layers:
             print(json.dumps(layer.to_dict()))
@@ -57,13 +58,17 @@ def run_inspect(args: argparse.Namespace) -> int:
     arch = dict(summary["architecture"])
     family = arch.pop("family")
     pre = summary["preprocess"]
+    from ..data.transforms import Preprocess
+    spec = dict(pre, mean_image=None)
+    geometry = Preprocess.from_dict(spec).describe()
     mean = pre["mean_image"] and f"mean image {pre['mean_image']['shape']}" or f"mean {pre['mean']}"
     rows = [
         ("format", summary["format"]),
         ("architecture", f"{family} " + ", ".join(f"{k}={v}" for k, v in arch.items())),
         ("tensors", f"{summary['tensors']} ({summary['parameters']:,} parameters)"),
-        ("preprocess", f"resize {pre['resize']}, crop {pre['crop']}, {pre['interpolation']}, "
-                       f"scale {pre['scale']:g}, {pre['channel_order']}, {mean}, std {pre['std']}"),
+        ("preprocess", f"{geometry}, scale {pre['scale']:g}, {pre['channel_order']}, {mean}, "
+                       f"std {pre['std']}"),
+        ("follows", pre.get("follows") or "-"),
         ("classes", str(summary["num_classes"])),
         ("labels", ", ".join(summary["labels"]) + (", ..." if summary["num_classes"] > 5 else "")),
         ("sha256", summary["sha256"] or "-"),

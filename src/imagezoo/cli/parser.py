@@ -70,14 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     layers_parser.add_argument("model", nargs="?", default=None, metavar="MODEL",
                                help=f"a model name, folder or weight file (default {DEFAULT_MODEL})")
     layers_parser.add_argument("--weights", metavar="FILE")
-    layers_parser.add_argument("--size", type=positive_int, default=224, help="input side (224)")
+    layers_parser.add_argument("--size", type=positive_int, default=None,
+                               help="input side (default: the card's input size)")
     layers_parser.add_argument("--json", action="store_true", help="one JSON object per layer")
     layers_parser.set_defaults(handler="models:run_layers", pretrained=None, verify=False)
 
     evaluate_parser = commands.add_parser(
         "evaluate", help="top-1/top-k accuracy on a labelled set",
         description="Accuracy on a mapping file (path<TAB>label index, paths relative to the "
-                    "file) or a folder with one subfolder per class.")
+                    "file), a folder with one subfolder per class, or cifar10:PATH (CIFAR-10's "
+                    "cifar-10-binary.tar.gz / cifar-10-python.tar.gz, or their folders).")
     evaluate_parser.add_argument("dataset", metavar="DATASET")
     add_model_options(evaluate_parser)
     evaluate_parser.add_argument("--classes", metavar="FILE",
@@ -285,9 +287,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="weight file: .pth/.pt/.safetensors (torchvision/timm names), "
                              "MatConvNet .mat, PaddlePaddle v1 folder, or random[:SEED] "
                              "(seeded, 0 by default)")
-    parser.add_argument("--pretrained", choices=PUBLISHERS, metavar="SOURCE",
+    parser.add_argument("--pretrained", nargs="?", const="auto", choices=(*PUBLISHERS, "auto"),
+                        metavar="SOURCE",
                         help="use the publisher's weights for --model, from the cache or "
-                             f"downloaded and checked: {', '.join(PUBLISHERS)}")
+                             f"downloaded and checked: {', '.join(PUBLISHERS)} (alone: the "
+                             "model's own publisher; put it after the images)")
     parser.add_argument("--verify", action="store_true",
                         help="with --pretrained, check the SHA-256 of a file already in the cache")
 

@@ -35,6 +35,11 @@ starting with ``.``, e.g. ``.ipynb_checkpoints``) are not classes, and images ly
 in the root are ignored with a warning. A class folder without images keeps its index (so the
 indices of the others do not shift, and a test split may lack a class) and is logged as a
 warning; a set with no images at all is an error.
+
+**CIFAR-10's own files** (``cifar10:PATH``): the binary or Python version, a tarball or its
+folder, read into memory by ``data/cifar10.py``; ``evaluate`` takes them as they are.
+``cifar10_path`` recognises the form; ``read_labelled_set`` (which lists image files)
+points to ``cifar10.export_class_folders`` for the tasks that need files.
 """
 from __future__ import annotations
 
@@ -53,6 +58,19 @@ log = logging.getLogger(__name__)
 MAX_PROBLEMS_SHOWN = 5
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+
+# ``cifar10:PATH``: a CIFAR-10 tarball, folder or batch file in its authors' layouts.
+CIFAR10_PREFIX = "cifar10:"
+
+
+def cifar10_path(dataset) -> Path | None:
+    """The PATH of a ``cifar10:PATH`` dataset argument, or None for any other form."""
+    if isinstance(dataset, str) and dataset.startswith(CIFAR10_PREFIX):
+        path = dataset[len(CIFAR10_PREFIX):]
+        if not path:
+            raise DatasetError("cifar10: needs a path, e.g. cifar10:cifar-10-binary.tar.gz")
+        return Path(path)
+    return None
 
 
 @dataclass
@@ -104,6 +122,11 @@ def read_labelled_set(path: str | os.PathLike, classes_file: str | os.PathLike |
     """
     if classes is not None and classes_file is not None:
         raise DatasetError("give the class names as a list or as a classes file, not both")
+    if cifar10_path(path) is not None:
+        raise DatasetError(f"{path}: CIFAR-10's own files are read by evaluate; for a set of "
+                           f"image files, write them out once as class folders with "
+                           f"imagezoo.data.cifar10.export_class_folders(read_cifar10(PATH), "
+                           f"FOLDER)")
     path = Path(path)
     if path.is_dir():
         if classes_file is not None:

@@ -25,7 +25,8 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
             if isinstance(module, (BasicBlock, Bottleneck)):
                 count = 3 if isinstance(module, Bottleneck) else 2
                 pairs += [(f"{name}.conv{i}", f"{name}.bn{i}") for i in range(1, count + 1)]
-                if module.downsample is not None:
+                # A projection (conv + BN); the CIFAR nets' option A has nothing to fold.
+                if isinstance(module.downsample, nn.Sequential):
                     pairs.append((f"{name}.downsample.0", f"{name}.downsample.1"))
     elif isinstance(model, EfficientNetLite):
         pairs += [("_conv_stem", "_bn0"), ("_conv_head", "_bn1")]

@@ -15,6 +15,10 @@ from, so a user can ask for the layer a paper or a model zoo names:
   from 1), ``output``. Paddle's ``batch_norm_layer`` carries the activation, so the ``_bn``
   output of ``conv1`` and of every branch but the last of a block is after the ReLU, and
   ``output`` is the softmax of the fully connected layer; the aliases reproduce that.
+
+The CIFAR ResNets (``resnet_cifar.py``) were published in PyTorch with the same module names
+but two: they answer to their publisher's ``linear`` (the head, ``fc``) and
+``layerN.M.shortcut`` (a block's ``downsample``), and have no Caffe or Paddle names.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from torch import nn
 
 from ..errors import ImagezooError
 from .resnet import ResNet
+from .resnet_cifar import CifarResNet
 
 
 class UnknownLayerError(ImagezooError):
@@ -54,6 +59,15 @@ def layer_aliases(model: nn.Module) -> dict[str, LayerRef]:
 
     def add(name: str, module: str, after: str | None = None) -> None:
         aliases[name] = LayerRef(name, module, after)
+
+    if isinstance(model, CifarResNet):
+        add("linear", "fc")
+        for stage_index in range(model.num_stages):
+            for index, block in enumerate(getattr(model, f"layer{stage_index + 1}")):
+                if block.downsample is not None:
+                    path = f"layer{stage_index + 1}.{index}"
+                    add(f"{path}.shortcut", f"{path}.downsample")
+        return aliases
 
     add("bn_conv1", "bn1")
     add("pool1", "maxpool")

@@ -72,11 +72,11 @@ class InputNormalization(nn.Module):
 
 
 def raw_pixel_preprocess(spec: Preprocess) -> Preprocess:
-    """The same geometry (resize, crop, interpolation) with no normalisation at all: the
-    preprocessing of a model whose input is raw 0..255 RGB pixels (a ``NormalizedModel``)."""
-    return Preprocess(resize=spec.resize, crop=spec.crop, interpolation=spec.interpolation,
-                      scale=1.0, channel_order="RGB", mean=(0.0, 0.0, 0.0),
-                      std=(1.0, 1.0, 1.0), mean_image=None)
+    """The same geometry (resize, crop, interpolation, crop fraction, antialiasing) with no
+    normalisation at all: the preprocessing of a model whose input is raw 0..255 RGB pixels
+    (a ``NormalizedModel``)."""
+    return replace(spec, scale=1.0, channel_order="RGB", mean=(0.0, 0.0, 0.0),
+                   std=(1.0, 1.0, 1.0), mean_image=None)
 
 
 def is_raw_pixel_preprocess(spec: Preprocess) -> bool:

@@ -37,6 +37,63 @@ class ResNetSpec:
         return {"family": "resnet", **asdict(self), "layers": list(self.layers)}
 
 
+CIFAR_SHORTCUTS = ("A", "B")
+
+
+@dataclass(frozen=True)
+class CifarResNetSpec(ResNetSpec):
+    """The CIFAR-10 ResNets of He et al. (2015), section 4.2: 6n+2 layers on 32x32 images.
+
+    A 3x3 convolution with ``width`` (16) filters and no max pooling, three stages of ``n``
+    basic blocks with ``width``, 2 x ``width`` and 4 x ``width`` filters (the first block of
+    stages 2 and 3 has stride 2), global average pooling and a ``num_classes``-way linear layer.
+    ``shortcut`` is the paper's option where a block changes shape: ``"A"`` subsamples with
+    stride 2 and pads the new channels with zeros (no parameters; the paper's CIFAR choice),
+    ``"B"`` projects with a strided 1x1 convolution and batch norm.
+
+    A ``ResNetSpec`` whose ImageNet-only fields (``stride_in_1x1``, ``pool1``, ``conv1_bias``)
+    keep their defaults, so code written for ResNets reads it as one.
+    """
+
+    block: str = "basic"
+    layers: tuple[int, ...] = (3, 3, 3)
+    width: int = 16
+    num_classes: int = 10
+    shortcut: str = "A"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.block != "basic":
+            raise ValueError(f"the CIFAR ResNets have basic blocks, not {self.block!r}")
+        if self.shortcut not in CIFAR_SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {CIFAR_SHORTCUTS}, not {self.shortcut!r}")
+        if (self.stride_in_1x1, self.pool1, self.conv1_bias) != (False, "torchvision", False):
+            raise ValueError("stride_in_1x1, pool1 and conv1_bias describe ImageNet ResNets; "
+                             "the CIFAR ResNets have no max pool and no conv1 bias")
+
+    @property
+    def depth(self) -> int:
+        """Weighted layers: two per basic block, plus the first convolution and the head."""
+        return 2 * sum(self.layers) + 2
+
+    def to_dict(self) -> dict:
+        return {"family": "resnet_cifar", "block": self.block, "layers": list(self.layers),
+                "width": self.width, "num_classes": self.num_classes,
+                "shortcut": self.shortcut, "bn_eps": self.bn_eps}
+
+
+def cifar_resnet_spec(depth: int, **overrides) -> CifarResNetSpec:
+    """The paper's 6n+2-layer network (20, 32, 44, 56, 110, 1202, ...): n blocks per stage."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"a CIFAR ResNet has 6n+2 layers (20, 32, 44, 56, 110, ...), not {depth}")
+    n = (depth - 2) // 6
+    return CifarResNetSpec(layers=(n, n, n), **overrides)
+
+
+# The depths of Table 6 of the paper that imagezoo names (resnet20_cifar ...).
+CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+
+
 STANDARD_DEPTHS: dict[int, tuple[tuple[int, ...], str]] = {
     18: ((2, 2, 2, 2), "basic"),
     34: ((3, 4, 6, 3), "basic"),

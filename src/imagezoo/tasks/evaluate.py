@@ -4,6 +4,10 @@ The set's labels are the model's class indices. Accuracies are fractions in 0..1
 probabilities are in ``classify``'s JSON); ``format_report`` prints them as percentages.
 Images are streamed through the batch loader, so a set of any size runs in constant memory:
 only counts are kept (per class, and per confused pair of classes).
+
+Besides image files, a set may be CIFAR-10 in its authors' own layouts (``cifar10:PATH``, a
+tarball, folder or batch file of the binary or Python version; ``data/cifar10.py``): its
+images are held in memory and preprocessed per the card like decoded files.
 """
 from __future__ import annotations
 
@@ -15,14 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..card import ModelCard
 from ..data.batches import INFERENCE_BATCH, image_batches
+from ..data.cifar10 import Cifar10Set, read_cifar10
 from ..data.datasets import (
-    LabelledSet, class_folder_names, read_class_folders, read_classes_file, read_mapping_file,
+    LabelledSet, cifar10_path, class_folder_names, read_class_folders, read_classes_file,
+    read_mapping_file,
 )
+from ..data.decode_guard import preprocess_reason
+from ..data.transforms import Preprocess, preprocess_image, preprocess_ten_crop
 from ..errors import DatasetError
 from .classify import class_probabilities, image_dataset, resolve_device, show_progress
 
@@ -64,15 +74,19 @@ class Evaluation:
         }
 
 
-def evaluate(model: nn.Module, dataset: str | os.PathLike | LabelledSet, top: int = 5,
+def evaluate(model: nn.Module, dataset: str | os.PathLike | LabelledSet | Cifar10Set, top: int = 5,
              ten_crop: bool = False, batch_size: int = INFERENCE_BATCH, workers: int | None = None,
              device: str = "auto", progress: bool = False,
              classes_file: str | os.PathLike | None = None) -> Evaluation:
     """Measure top-1 and top-``top`` accuracy of ``model`` on a labelled set.
 
     ``dataset`` is a mapping file (``path<TAB>label``, labels are the model's class indices),
-    a folder with one subfolder per class, or a ``LabelledSet`` whose labels are the model's
-    class indices. Class folders are matched to the model's classes, in this order:
+    a folder with one subfolder per class, a ``LabelledSet`` whose labels are the model's
+    class indices, or CIFAR-10's test batch in its authors' layouts: ``"cifar10:PATH"``
+    (``cifar-10-binary.tar.gz``, ``cifar-10-python.tar.gz``, their folders or a batch file)
+    or a ``Cifar10Set`` already read (``data.cifar10.read_cifar10``). CIFAR-10's classes are
+    matched to the model's labels by name, else taken as its class indices when the model has
+    ten. Class folders are matched to the model's classes, in this order:
 
     1. through ``classes_file``, whose line i is the folder name of model class i (the first
        token of each line, so ImageNet's ``LOC_synset_mapping.txt`` works for synset folders);
@@ -88,14 +102,14 @@ def evaluate(model: nn.Module, dataset: str | os.PathLike | LabelledSet, top: in
     if top < 1:
         raise ValueError(f"top must be at least 1, not {top}")
     card: ModelCard = model.card
-    labelled = _labelled_set_for_model(dataset, card, classes_file)
+    inputs, labels, sources = _inputs_for_model(dataset, card, classes_file, ten_crop)
+    if workers is None and isinstance(inputs, ArrayImages):
+        workers = 0   # nothing to decode: preprocessing a 32x32 array costs less than a worker
     k = min(top, card.num_classes)
     names = distinct_names(card.labels)
 
     target = resolve_device(device)
     model = model.to(target).eval()
-    labels = labelled.labels
-    sources = labelled.paths
     images = Counter()           # label -> images
     correct = Counter()          # label -> top-1 hits
     mistakes = Counter()         # (true, predicted) -> images, off the diagonal only
@@ -104,8 +118,7 @@ def evaluate(model: nn.Module, dataset: str | os.PathLike | LabelledSet, top: in
     bar = tqdm(total=len(sources), unit="img", desc="evaluate", file=sys.stderr,
                disable=not show_progress(progress))
     with torch.inference_mode(), bar:
-        for batch in image_batches(image_dataset(sources, card, ten_crop),
-                                   batch_size=batch_size, workers=workers):
+        for batch in image_batches(inputs, batch_size=batch_size, workers=workers):
             for index, message in batch.failures:
                 log.debug("skipping %s", message)
                 failed.append((sources[index], message))
@@ -176,6 +189,57 @@ def format_report(evaluation: Evaluation) -> str:
 
 def _percent(fraction: float) -> str:
     return f"{100 * fraction:.2f}%"
+
+
+class ArrayImages(Dataset):
+    """In-memory RGB images (N x H x W x 3 uint8) as ``image_batches`` takes them: item ``i``
+    is (i, preprocessed tensor or None, error or None, notes), like ``ImageDataset``'s."""
+
+    def __init__(self, images, names: list[str], spec: Preprocess, ten_crop: bool = False):
+        self.images, self.names, self.spec = images, names, spec
+        self.transform = preprocess_ten_crop if ten_crop else preprocess_image
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, self.transform(Image.fromarray(self.images[index]), self.spec), None, []
+        except Exception as error:  # noqa: BLE001 - one input's problem, never the run's
+            return index, None, f"{self.names[index]}: {preprocess_reason(error)}", []
+
+
+def _inputs_for_model(dataset, card: ModelCard, classes_file, ten_crop: bool
+                      ) -> tuple[Dataset, list[int], list[str]]:
+    """The dataset to batch, the label of each item as a model class index, and each item's
+    name for messages."""
+    path = cifar10_path(dataset)
+    if path is not None:
+        dataset = read_cifar10(path)
+    if isinstance(dataset, Cifar10Set):
+        if classes_file is not None:
+            raise DatasetError("a classes file is for mapping files and class folders; "
+                               "CIFAR-10's files name their own classes")
+        labels = _cifar10_labels_for_model(dataset, card)
+        names = [dataset.describe(index) for index in range(len(dataset))]
+        return ArrayImages(dataset.images, names, card.preprocess, ten_crop), labels, names
+    labelled = _labelled_set_for_model(dataset, card, classes_file)
+    return image_dataset(labelled.paths, card, ten_crop), labelled.labels, labelled.paths
+
+
+def _cifar10_labels_for_model(dataset: Cifar10Set, card: ModelCard) -> list[int]:
+    """CIFAR-10 label indices -> the model's: by class name, else as they are for a model
+    with as many classes."""
+    if set(dataset.classes) <= set(card.labels):
+        mapping = [card.labels.index(name) for name in dataset.classes]
+        return [mapping[label] for label in dataset.labels.tolist()]
+    if card.num_classes == len(dataset.classes):
+        log.info("%s: the model's labels are not CIFAR-10's class names; taking CIFAR-10's "
+                 "label i as model class i", dataset.source)
+        return dataset.labels.tolist()
+    raise DatasetError(f"{dataset.source}: CIFAR-10's {len(dataset.classes)} classes "
+                       f"({', '.join(dataset.classes[:3])}, ...) are not among the model's "
+                       f"{card.num_classes} labels")
 
 
 def _labelled_set_for_model(dataset: str | os.PathLike | LabelledSet, card: ModelCard,

@@ -27,8 +27,10 @@ import torch
 from ..card import ModelCard, imagenet_labels
 from ..errors import WeightsError
 from ..models.efficientnet_lite import EfficientNetLiteSpec
-from ..models.registry import efficientnet_lite_preprocess, torchvision_preprocess
+from ..models.registry import (cifar10_labels, cifar10_preprocess, efficientnet_lite_preprocess,
+                               registry_entry, torchvision_preprocess)
 from ..models.resnet import ResNetSpec
+from ..models.specs import CifarResNetSpec
 from .matconvnet import read_matconvnet
 from .matlab_file import is_matlab_file
 from .paddle_v1 import is_paddle_v1_folder, read_paddle_v1
@@ -94,12 +96,25 @@ def card_for_state_dict(tensors: dict[str, torch.Tensor], path: Path, kind: str)
     """Infer the architecture of a torchvision/timm-named state dict and give it a card.
 
     The stride position of a bottleneck leaves no trace in the weights: torchvision's v1.5 is
-    assumed, as for every torchvision and timm ResNet.
+    assumed, as for every torchvision and timm ResNet. A ResNet whose ``conv1`` is 3x3 is one
+    of the paper's CIFAR networks (the ImageNet ones start 7x7): with 10 classes it gets
+    CIFAR-10's class names and the preprocessing of the weights' publisher
+    (akamaster/pytorch_resnet_cifar10), and the publisher's licence and test accuracy when its
+    SHA-256 is one of the published files'.
     """
+    labels = None
+    license, reference_accuracy = None, {}
     if "_conv_stem.weight" in tensors:
         num_classes = tensors["_fc.weight"].shape[0] if "_fc.weight" in tensors else 1000
         architecture = EfficientNetLiteSpec(num_classes=num_classes).to_dict()
         preprocess = efficientnet_lite_preprocess()
+    elif is_cifar_resnet(tensors):
+        architecture = infer_cifar_resnet_spec(tensors, path).to_dict()
+        num_classes = architecture["num_classes"]
+        preprocess = cifar10_preprocess()
+        if num_classes == len(cifar10_labels()):
+            labels = cifar10_labels()
+        license, reference_accuracy = _published_facts(sha256_of(path))
     elif "conv1.weight" in tensors and "fc.weight" in tensors:
         architecture = infer_resnet_spec(tensors, path).to_dict()
         num_classes = architecture["num_classes"]
@@ -107,9 +122,44 @@ def card_for_state_dict(tensors: dict[str, torch.Tensor], path: Path, kind: str)
     else:
         raise WeightsError(f"{path}: cannot tell which architecture these tensors are for; "
                            f"name it, e.g. --model resnet50 --weights {path.name}")
-    labels = imagenet_labels() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
+    if labels is None:
+        labels = imagenet_labels() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     return ModelCard(name=path.stem, architecture=architecture, preprocess=preprocess,
-                     labels=labels, source=path.name, source_format=kind, sha256=sha256_of(path))
+                     labels=labels, source=path.name, source_format=kind, sha256=sha256_of(path),
+                     license=license, reference_accuracy=reference_accuracy)
+
+
+def is_cifar_resnet(tensors: dict[str, torch.Tensor]) -> bool:
+    """A ResNet state dict (``conv1``, ``layer1``, ``fc``) with a 3x3 first convolution."""
+    conv1 = tensors.get("conv1.weight")
+    return (conv1 is not None and conv1.dim() == 4 and tuple(conv1.shape[2:]) == (3, 3)
+            and "fc.weight" in tensors and "layer1.0.conv1.weight" in tensors)
+
+
+def infer_cifar_resnet_spec(tensors: dict[str, torch.Tensor], path: Path) -> CifarResNetSpec:
+    """The CIFAR ResNet a state dict holds: blocks per stage, width, classes, and option A (no
+    shortcut tensors) or B (``downsample`` projections)."""
+    if "layer1.0.conv3.weight" in tensors:
+        raise WeightsError(f"{path}: a 3x3-stem ResNet with bottleneck blocks, which imagezoo "
+                           f"does not build (its CIFAR ResNets have basic blocks)")
+    layers = infer_resnet_spec(tensors, path).layers
+    projections = any(".downsample." in name for name in tensors)
+    try:
+        return CifarResNetSpec(layers=layers, width=int(tensors["conv1.weight"].shape[0]),
+                               num_classes=int(tensors["fc.weight"].shape[0]),
+                               shortcut="B" if projections else "A")
+    except ValueError as error:
+        raise WeightsError(f"{path}: not a CIFAR ResNet imagezoo builds ({error})") from None
+
+
+def _published_facts(digest: str) -> tuple[str | None, dict]:
+    """Licence and reference accuracy of a published file with this SHA-256, if it is one."""
+    from .published import PUBLISHED
+    for entry in PUBLISHED:
+        if entry.sha256 and len(entry.sha256) == 64 and entry.sha256 == digest:
+            registered = registry_entry(entry.model)
+            return registered.license, dict(registered.reference_accuracy or {})
+    return None, {}
 
 
 def infer_resnet_spec(tensors: dict[str, torch.Tensor], path: Path) -> ResNetSpec:

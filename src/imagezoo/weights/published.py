@@ -14,6 +14,11 @@ Sources:
 * ``paddle_v1``: the PaddlePaddle v1 model zoo, a ``.tar.gz`` per depth (50/101/152) of a folder
   of raw parameter files (``_res2_1_branch1_bn.w0`` ...). No checksum is published; the download
   is unverified and ``fetch`` logs its SHA-256.
+* ``akamaster``: the CIFAR-10 ResNets of the paper's section 4.2 (``resnet20_cifar`` ..
+  ``resnet56_cifar``) trained and published by Yerlan Idelbayev in the GitHub repository
+  ``akamaster/pytorch_resnet_cifar10`` (BSD-2-Clause), legacy ``torch.save`` files. The URLs
+  are pinned to a commit; the SHA-256s are the files' whole digests (their names carry the
+  first 8 digits, torch.hub's convention).
 """
 from __future__ import annotations
 
@@ -29,14 +34,15 @@ from .store import fetch
 TORCHVISION = "torchvision"
 MATCONVNET = "matconvnet"
 PADDLE_V1 = "paddle_v1"
+AKAMASTER = "akamaster"
 
 
 @dataclass(frozen=True)
 class PublishedWeights:
     """One published weight file: what it is, where it is, how to check it, who says so."""
 
-    model: str                 # imagezoo model name: resnet18 ... resnet152
-    source: str                # torchvision | matconvnet | paddle_v1
+    model: str                 # imagezoo model name: resnet18 ... resnet152, resnet20_cifar ...
+    source: str                # torchvision | matconvnet | paddle_v1 | akamaster
     url: str
     sha256: str | None         # hex digest, or a prefix of 8+ digits; None when none is published
     format: str                # as weights.formats.FORMATS names it: torch | matconvnet | paddle_v1
@@ -94,6 +100,25 @@ _PADDLE_V1_CITATION = ("PaddlePaddle/Paddle demo/model_zoo/resnet/get_model.sh (
                        "is published")
 _PADDLE_V1_BASE = "http://paddlepaddle.bj.bcebos.com/model_zoo/imagenet/"
 
+# akamaster/pytorch_resnet_cifar10, folder pretrained_models/ at commit d5489e89 (the files and
+# their digests as kept in ../shared/weights/cifar10/README.md). The publisher's README also
+# lists ResNet-110 (6.32 %); its file is not pinned here, so resnet110_cifar has no entry.
+_AKAMASTER_CITATION = ("akamaster/pytorch_resnet_cifar10 pretrained_models/ at commit "
+                       "d5489e8995e81e91ce6b1d69dcc98ad579b0b153; whole SHA-256 digests of the "
+                       "files (their names carry the first 8 digits)")
+_AKAMASTER_BASE = ("https://github.com/akamaster/pytorch_resnet_cifar10/raw/"
+                   "d5489e8995e81e91ce6b1d69dcc98ad579b0b153/pretrained_models/")
+_AKAMASTER_FILES = {  # model: (file, SHA-256)
+    "resnet20_cifar": ("resnet20-12fca82f.th",
+                       "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8"),
+    "resnet32_cifar": ("resnet32-d509ac18.th",
+                       "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850"),
+    "resnet44_cifar": ("resnet44-014dd654.th",
+                       "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4"),
+    "resnet56_cifar": ("resnet56-4bfd9763.th",
+                       "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367"),
+}
+
 PUBLISHED: tuple[PublishedWeights, ...] = (
     *(PublishedWeights(model, TORCHVISION, "https://download.pytorch.org/models/" + name,
                        sha256=name.rsplit("-", 1)[1].split(".")[0], format="torch",
@@ -108,14 +133,29 @@ PUBLISHED: tuple[PublishedWeights, ...] = (
                        sha256=None, format="paddle_v1", archive="tar.gz",
                        citation=_PADDLE_V1_CITATION)
       for depth in (50, 101, 152)),
+    *(PublishedWeights(model, AKAMASTER, _AKAMASTER_BASE + name, sha256=sha256, format="torch",
+                       citation=_AKAMASTER_CITATION)
+      for model, (name, sha256) in _AKAMASTER_FILES.items()),
 )
 
 
+AUTO = "auto"
+
+
+def publishers_of(model: str) -> list[str]:
+    """The sources that publish weights for ``model``, in ``PUBLISHED`` order."""
+    return [entry.source for entry in PUBLISHED if entry.model == model]
+
+
 def published_weights(model: str, source: str = TORCHVISION) -> PublishedWeights:
-    """The published weights of ``model`` (``resnet50`` ...) from ``source``.
+    """The published weights of ``model`` (``resnet50`` ...) from ``source``; ``"auto"`` is
+    the model's first publisher (torchvision for the ImageNet ResNets, akamaster for the
+    CIFAR ones).
 
     Raises ``WeightsError`` listing what is published when there is no such entry.
     """
+    if source == AUTO and publishers_of(model):
+        source = publishers_of(model)[0]
     for entry in PUBLISHED:
         if entry.model == model and entry.source == source:
             return entry

@@ -16,6 +16,10 @@ Conventions of the torchvision/timm files this reads:
   bytes; ``torch/serialization.py``, ``_legacy_save``). The CIFAR ResNets of
   ``akamaster/pytorch_resnet_cifar10`` are legacy files of ``{'state_dict': ..., 'best_prec1':
   ...}`` with ``module.`` prefixes, and load so;
+* that publisher names a ResNet's classifier ``linear`` (and an option-B projection shortcut
+  ``layerN.M.shortcut.{0,1}``) where torchvision, and so imagezoo, say ``fc`` (and
+  ``downsample``): a state dict with ``conv1.weight`` and ``linear.*`` but no ``fc.*`` is
+  renamed on reading (``publisher_names``), detected from its keys alone;
 * a truncated file is told apart from an unsafe one by its structure: a zip archive cut short
   has lost its central directory (it still starts with a local file header, ``PK\x03\x04``),
   and a legacy stream cut short ends inside one of its pickles or storages;
@@ -28,6 +32,7 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import re
 import zipfile
 from pathlib import Path
 
@@ -190,7 +195,26 @@ def _unwrap(loaded, path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: holds no tensors")
     if all(name.startswith("module.") for name in tensors):
         tensors = {name[len("module."):]: value for name, value in tensors.items()}
-    return tensors
+    return publisher_names(tensors)
+
+
+_SHORTCUT = re.compile(r"^(layer\d+\.\d+\.)shortcut\.(\d+\.)")
+
+
+def publisher_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ResNet state dict in akamaster/pytorch_resnet_cifar10's names (head ``linear``,
+    projection shortcuts ``shortcut.0``/``shortcut.1``) in imagezoo's (``fc``,
+    ``downsample.0``/``downsample.1``); any other state dict is returned as it is."""
+    if not ("conv1.weight" in tensors and "linear.weight" in tensors
+            and not any(name.startswith("fc.") for name in tensors)):
+        return tensors
+    renamed = {}
+    for name, value in tensors.items():
+        if name.startswith("linear."):
+            name = "fc." + name[len("linear."):]
+        name = _SHORTCUT.sub(r"\1downsample.\2", name)
+        renamed[name] = value
+    return renamed
 
 
 def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
