@@ -171,10 +171,14 @@ def test_explanations_in_order_and_the_model_untouched(resnet18):
 
 
 def test_where_the_input_lies_in_the_photo(lite0, cat_top3):
-    # cat.png is 451 x 300: resized to 384 x 256, the 224 crop starts at x 80, y 16.
+    # cat.png is 451 x 300. Lite0's card (TensorFlow's eval) crops the centre square of
+    # int(0.875 * 300) = 262 at ((451 - 262) + 1) // 2 = 95 and ((300 - 262) + 1) // 2 = 19.
     box = input_box((451, 300), lite0.card.preprocess)
-    assert box == pytest.approx((80 * 451 / 384, 16 * 300 / 256, 304 * 451 / 384, 240 * 300 / 256))
+    assert box == (95, 19, 357, 281)
     assert cat_top3[0].input_box == pytest.approx(box)
+    # torchvision's: resized to 384 x 256, the 224 crop starts at x 80, y 16.
+    box = input_box((451, 300), Preprocess(resize=256, crop=224))
+    assert box == pytest.approx((80 * 451 / 384, 16 * 300 / 256, 304 * 451 / 384, 240 * 300 / 256))
     # A photo smaller than the crop is padded: the input reaches beyond the photo.
     assert input_box((100, 50), Preprocess(resize=None, crop=224)) == (-62, -87, 162, 137)
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.transforms import Preprocess, crop_box
+from ..data.transforms import Preprocess, crop_box, tensorflow_crop_box
 from ..errors import ImagezooError
 from ..models.efficientnet_lite import EfficientNetLite
 from ..models.heads import head_of
@@ -209,8 +209,11 @@ def _model_input(image, card) -> tuple[torch.Tensor, tuple[float, float, float, 
 
 def input_box(size: tuple[int, int], spec: Preprocess) -> tuple[float, float, float, float]:
     """Where the model's input lies in a photo of ``size`` (width, height): the card's resize
-    (shorter side, truncated as torchvision does), zero padding, then the centre crop, undone."""
+    (shorter side, truncated as torchvision does), zero padding, then the centre crop, undone;
+    for a TensorFlow-style card (``crop_fraction``), the centre square it crops from the photo."""
     width, height = size
+    if spec.crop_fraction is not None:
+        return tuple(float(v) for v in tensorflow_crop_box(width, height, spec.crop_fraction))
     new_width, new_height = width, height
     if spec.resize is not None:
         if width <= height:
