@@ -276,7 +276,14 @@ def test_the_serve_command_end_to_end(cat_jpeg):
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
-        assert process.stderr.read().strip() == "imagezoo: stopped"
+        # One access-log line per request (client, method, path, status, time, image), then
+        # the stop.
+        lines = process.stderr.read().strip().splitlines()
+        assert lines[-1] == "imagezoo: stopped"
+        logged = [line.split(" ", 2)[2] for line in lines[:-1]]
+        assert [" ".join(entry.split()[:3]) for entry in logged] == \
+            ["GET /healthz 200"] * (len(logged) - 2) + ["POST /api/classify 200", "GET /api/model 400"]
+        assert re.fullmatch(r"POST /api/classify 200 [\d.]+ms 451x300 38\.\dkB", logged[-2])
         process.stderr.close()
 
 

@@ -168,23 +168,37 @@ def format_table(result) -> str:
 def run_serve(args: argparse.Namespace) -> int:
     from ..serve import listening_socket, require_server_packages, serve
     require_server_packages()  # before minutes of tuning, not after
-    if args.model_path is not None:
-        if args.model is not None:
-            raise ImagezooError("name the model once: MODEL or --model, not both")
-        args.model = args.model_path
+    names = list(args.model_path)
+    if names and args.model is not None:
+        raise ImagezooError("name the model once: MODEL or --model, not both")
+    if len(names) > 1 and (args.weights is not None or args.pretrained):
+        raise ImagezooError("--weights and --pretrained go with one model; give several "
+                            "models as model folders or files")
+    names = names or [args.model]
     sock = listening_socket(args.host, args.port)  # a port in use fails now, not after loading
     with sock:
-        # The engine is tuned for what one request runs: one image, or its ten crops.
-        model = engine_from_args(args, model_from_args(args), count=10 if args.ten_crop else 1)
+        # The engine is made for what one forward pass runs: up to --max-batch uploads.
+        args.batch_size = args.max_batch * (10 if args.ten_crop else 1)
+        models = []
+        for name in names:
+            args.model = name
+            models.append(engine_from_args(args, model_from_args(args), count=args.batch_size))
         port = sock.getsockname()[1]
-        print(f"imagezoo: serving {model.card.name} ({getattr(model, 'backend', 'torch')}, "
-              f"{getattr(model, 'precision', 'exact')}) on http://{args.host}:{port}/  "
-              f"(Ctrl-C stops)", file=sys.stderr, flush=True)
+        shown = ", ".join(f"{m.card.name} ({getattr(m, 'backend', 'torch')}, "
+                          f"{getattr(m, 'precision', 'exact')})" for m in models)
+        print(f"imagezoo: serving {shown} on http://{args.host}:{port}/  (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
         try:
-            serve(model, sock=sock, host=args.host, top=args.top, ten_crop=args.ten_crop,
-                  log_level="info" if args.verbose else "warning")
+            serve(models[0] if len(models) == 1 else models, sock=sock, host=args.host,
+                  top=args.top, ten_crop=args.ten_crop,
+                  log_level="info" if args.verbose else "warning", max_batch=args.max_batch,
+                  max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                  max_pixels_in_flight=int(args.max_pixels_in_flight * 1e6),
+                  timeout=args.timeout, grace=args.grace, allow_origins=args.allow_origins,
+                  access_log=args.access_log)
         except KeyboardInterrupt:  # Ctrl-C is how a server is meant to stop: not a failure
-            print("imagezoo: stopped", file=sys.stderr)
+            pass
+        print("imagezoo: stopped", file=sys.stderr)
     return EXIT_OK
 
 

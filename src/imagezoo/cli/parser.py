@@ -174,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a model: an upload page at http://HOST:PORT/ and a JSON API "
                     "(POST /api/classify with a multipart 'file', GET /api/model; "
                     "/openapi.json describes it). Runs on the CPU until Ctrl-C.")
-    serve_parser.add_argument("model_path", nargs="?", default=None, metavar="MODEL",
-                              help="a model name, folder or weight file (same as --model)")
+    serve_parser.add_argument("model_path", nargs="*", default=[], metavar="MODEL",
+                              help="a model name, folder or weight file (same as --model); "
+                                   "several: one route each, /api/models/NAME/classify")
     add_model_options(serve_parser)
     serve_parser.add_argument("--host", default=DEFAULT_HOST,
                               help=f"address to listen on (default {DEFAULT_HOST}, this machine "
@@ -186,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="classes per answer unless the request asks (?top=K)")
     serve_parser.add_argument("--ten-crop", action="store_true")
     add_engine_options(serve_parser)
-    # One upload per forward pass, on the CPU.
-    serve_parser.set_defaults(handler="inference:run_serve", batch_size=10, device="cpu")
+    add_serve_limits(serve_parser)
+    serve_parser.set_defaults(handler="inference:run_serve", device="cpu")
 
     add_viz_commands(commands)
 
@@ -211,6 +212,39 @@ def build_parser() -> argparse.ArgumentParser:
     models_parser = commands.add_parser("models", help="list the model names imagezoo knows")
     models_parser.set_defaults(handler="models:run_models")
     return parser
+
+
+def add_serve_limits(parser: argparse.ArgumentParser) -> None:
+    """Batching, admission, time limits, origins: how the server holds up under load."""
+    from ..serve import limits
+    parser.add_argument("--max-batch", type=positive_int, default=INFERENCE_BATCH, metavar="N",
+                        help=f"images run together in one forward pass at most (default "
+                             f"{INFERENCE_BATCH}; 1: one at a time)")
+    parser.add_argument("--max-wait-ms", type=non_negative_float, default=limits.MAX_WAIT_MS,
+                        metavar="MS", help="how long a forward pass that could start waits for "
+                                           f"more images (default {limits.MAX_WAIT_MS:g})")
+    parser.add_argument("--max-queue", type=positive_int, default=limits.MAX_QUEUE, metavar="N",
+                        help="images held at once, from upload to answer; beyond it 503 with "
+                             f"Retry-After (default {limits.MAX_QUEUE})")
+    parser.add_argument("--max-pixels-in-flight", type=positive_float,
+                        default=limits.MAX_PIXELS_IN_FLIGHT / 1e6, metavar="MP",
+                        help="megapixels decoded at once; beyond it 503 with Retry-After "
+                             f"(default {limits.MAX_PIXELS_IN_FLIGHT / 1e6:g}: one 8000x8000 "
+                             "image beside ordinary photos)")
+    parser.add_argument("--timeout", type=positive_float, default=limits.REQUEST_TIMEOUT,
+                        metavar="S", help="seconds for a request's headers and body to arrive, "
+                                          "and its budget in the queue (default "
+                                          f"{limits.REQUEST_TIMEOUT:g})")
+    parser.add_argument("--grace", type=non_negative_float, default=limits.GRACE_PERIOD,
+                        metavar="S", help="on SIGTERM or Ctrl-C, seconds the requests in hand "
+                                          f"get before the server exits (default "
+                                          f"{limits.GRACE_PERIOD:g})")
+    parser.add_argument("--allow-origin", dest="allow_origins", action="append", default=[],
+                        metavar="ORIGIN", help="a web origin (https://app.example) whose pages "
+                                               "may POST here besides the server's own; "
+                                               "repeatable; * for any")
+    parser.add_argument("--no-access-log", dest="access_log", action="store_false",
+                        help="do not log one line per request on stderr")
 
 
 def add_viz_commands(commands) -> None:
@@ -331,6 +365,20 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
 
 

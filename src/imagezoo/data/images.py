@@ -135,7 +135,9 @@ def decode_bytes(data: bytes, name: str, draft_size: int | None = None,
                     raise _Failed(error, native) from None
             said.extend(native)
             try:
-                image = ImageOps.exif_transpose(image)
+                # In place: an upright image is not copied (a copy doubles the peak memory
+                # of a big decode: 512 MB instead of 256 MB for 8000 x 8000 RGB).
+                ImageOps.exif_transpose(image, in_place=True)
             except Exception as error:  # noqa: BLE001 - a malformed EXIF block must not lose the picture
                 said.append(f"ignoring unreadable EXIF orientation ({error})")
             rgb = to_rgb(image)

@@ -87,3 +87,32 @@ class UploadLimit:
         except Exception:  # UploadTooLarge, or whatever the app made of the cut-off body
             if not refused:
                 raise
+
+
+# What the server holds at once, and for how long (the ``serve`` options' defaults).
+# A queue of 32 images is four forward passes of 8: on two cores about half a second of
+# waiting, so an accepted request is answered in about that and the others at once with 503.
+MAX_QUEUE = 32
+# Decoded megapixels in flight. Pillow holds RGB at 4 bytes a pixel, so 100 megapixels is
+# about 400 MB: one 64-megapixel image at a time beside ordinary photos.
+MAX_PIXELS_IN_FLIGHT = 100_000_000
+# Seconds a request has for its headers and body, and for its wait in the queue after.
+REQUEST_TIMEOUT = 30.0
+# Seconds SIGTERM/SIGINT leaves running requests before the server exits anyway.
+GRACE_PERIOD = 10.0
+# How long the batcher waits for more images when one arrives at an idle server.
+MAX_WAIT_MS = 5.0
+# What a 503 asks the client to wait before trying again (seconds).
+RETRY_AFTER = 1
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def decoded_pixels(width: int, height: int, data: bytes, draft_side: int | None) -> int:
+    """The pixels decoding will hold: the header's size, or, for a JPEG decoded in draft mode,
+    the size libjpeg reduces it to (by 2, 4 or 8, still covering ``draft_side``; the same
+    rule as Pillow's ``JpegImageFile.draft``)."""
+    if draft_side and data.startswith(JPEG_SIGNATURE):
+        scale = min(width // draft_side, height // draft_side)
+        reduction = next((s for s in (8, 4, 2, 1) if scale >= s), 1)
+        width, height = -(-width // reduction), -(-height // reduction)
+    return width * height
