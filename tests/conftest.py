@@ -59,6 +59,19 @@ def lite0():
     return imagezoo.load_model("efficientnet_lite0")
 
 
+@pytest.fixture(scope="session")
+def lite0_torchvision_geometry(lite0):
+    """The default model with torchvision's Resize(256) + CenterCrop(224) (Pillow, antialiased)
+    instead of its card's TensorFlow geometry, for tests that spell out torchvision's
+    protocols (ten crops) with Pillow's resize."""
+    import copy
+    from imagezoo.data.transforms import Preprocess
+    model = copy.deepcopy(lite0)
+    model.card.preprocess = Preprocess(resize=256, crop=224, interpolation="bilinear", scale=1.0,
+                                       mean=(127.0,) * 3, std=(128.0,) * 3)
+    return model
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

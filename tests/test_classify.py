@@ -123,4 +123,6 @@ def test_python_dash_m_and_console_script(cat_photo, tmp_path):
     assert lines[0]["predictions"][0]["label"] in CAT_LABELS and "error" in lines[1]
     assert "Traceback" not in done.stderr
     script = Path(sys.executable).parent / "imagezoo"
-    assert subprocess.run([str(script), "models"], capture_output=True, text=True).stdout.count("\nresnet") == 5
+    listing = subprocess.run([str(script), "models"], capture_output=True, text=True).stdout
+    families = [line.split()[1] for line in listing.splitlines()]
+    assert families.count("resnet") == 5 and families.count("resnet_cifar") == 5

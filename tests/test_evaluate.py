@@ -125,7 +125,8 @@ def hand_made_ten_crop_probabilities(model, paths) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def test_ten_crop_averages_the_ten_crops(lite0, photos, monkeypatch):
+def test_ten_crop_averages_the_ten_crops(lite0_torchvision_geometry, photos, monkeypatch):
+    lite0 = lite0_torchvision_geometry
     # chelsea is an Egyptian cat only with ten crops; coffee is no cup with one or ten.
     labelled = [("chelsea.png", EGYPTIAN_CAT), ("coffee.png", CUP)]
     mapping = photos / "ten_crop.txt"

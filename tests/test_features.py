@@ -191,7 +191,8 @@ def test_layer_listing_shapes():
     assert "res5c" in layers["layer4.2"].aliases
 
 
-def test_ten_crop_features_are_the_mean_of_the_crops(lite0, cat_photo):
+def test_ten_crop_features_are_the_mean_of_the_crops(lite0_torchvision_geometry, cat_photo):
+    lite0 = lite0_torchvision_geometry
     got = extract_features(lite0, cat_photo, ["_conv_head", "_fc"], pool="avg", ten_crop=True)
     spec = lite0.card.preprocess
     crops = torch.stack([to_tensor(c, spec) for c in

@@ -79,9 +79,16 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    from ..weights.published import publishers_of
     for name, entry in sorted(MODELS.items()):
-        bundled = "bundled weights" if entry.default_weights else "weights: --weights FILE"
-        print(f"{name:<20} {entry.architecture['family']:<18} {bundled}")
+        publishers = publishers_of(name)
+        if entry.default_weights:
+            weights = "bundled weights"
+        elif publishers:
+            weights = f"weights: --pretrained ({', '.join(publishers)}) or --weights FILE"
+        else:
+            weights = "weights: --weights FILE"
+        print(f"{name:<20} {entry.architecture['family']:<18} {weights}")
     return EXIT_OK
 
 
