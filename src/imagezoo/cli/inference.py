@@ -89,6 +89,9 @@ def _gpu_present() -> bool:
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        from .cluster import classify_on_ray
+        return classify_on_ray(args)
     sources = expand_sources(args.inputs, all_files=args.all_files)
     if not sources:
         raise NoImagesError(args.inputs, sources.skipped)
@@ -203,6 +206,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        from .cluster import features_on_ray
+        return features_on_ray(args)
     from ..models.layers import resolve_layers
     from ..tasks.classify import resolve_device
     from ..tasks.feature_files import open_writer
@@ -239,6 +245,9 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        from .cluster import evaluate_on_ray
+        return evaluate_on_ray(args)
     from ..tasks.classify import resolve_device
     from ..tasks.evaluate import evaluate, format_report
     resolve_device(args.device)

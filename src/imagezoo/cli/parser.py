@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="average the probabilities of ten crops (corners, centre, "
                                       "and their mirrors)")
     add_source_options(classify_parser)
+    add_ray_options(classify_parser)
     classify_parser.add_argument("--plot", metavar="DIR",
                                  help="also draw each photo beside its top-k chart, as PNGs in DIR")
     classify_parser.add_argument("--list-skipped", action="store_true",
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     features_parser.add_argument("--ten-crop", action="store_true",
                                  help="average the feature maps of the ten crops")
     add_source_options(features_parser)
+    add_ray_options(features_parser, out=False)
     add_engine_options(features_parser, backend_help=FEATURES_BACKEND_HELP)
     add_batch_options(features_parser)
     features_parser.set_defaults(handler="inference:run_features")
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="also count a hit among the top K (default 5)")
     evaluate_parser.add_argument("--ten-crop", action="store_true")
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_ray_options(evaluate_parser)
     evaluate_parser.add_argument("--plot", metavar="DIR",
                                  help="also draw the per-class accuracy and the most confused "
                                       "classes as PNGs in DIR")
@@ -343,6 +346,20 @@ def add_engine_options(parser: argparse.ArgumentParser, backend_help: str = AUTO
                              "where the top-1 is unchanged on sample images (default exact)")
     parser.add_argument("--backend", choices=("auto",) + BACKENDS,
                         default=os.environ.get("IMAGEZOO_BACKEND", "auto"), help=backend_help)
+
+
+def add_ray_options(parser: argparse.ArgumentParser, out: bool = True) -> None:
+    """--ray [ADDRESS]: the same command on Ray Data (imagezoo.ray), rows to a file."""
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run on Ray: a local instance, or the cluster at ADDRESS (or "
+                             "$RAY_ADDRESS); put it after the inputs, or write --ray=ADDRESS")
+    if out:
+        parser.add_argument("--out", metavar="FILE",
+                            help="with --ray: where the rows go (.parquet or .jsonl)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --ray: keep the rows --out already holds, do the rest")
+    parser.add_argument("--actors", type=positive_int, default=None, metavar="N",
+                        help="with --ray: model actors (default: as the cluster allows)")
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
