@@ -414,7 +414,10 @@ def _preprocess(meta: dict, path: Path) -> Preprocess:
                            f"{_fmt(mean_image.shape)} but the network input is {size}x{size}")
     return Preprocess(resize=size, crop=size, interpolation="bilinear", scale=1.0,
                       channel_order="RGB", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                      mean_image=mean_image)
+                      mean_image=mean_image,
+                      follows="MatConvNet's DagNN evaluation as the Knet ResNet notebook runs it: "
+                              "shorter side to meta.normalization.imageSize, centre crop, RGB "
+                              "0..255 minus meta.normalization.averageImage")
 
 
 def _mean_image(value: Any, path: Path) -> np.ndarray | None:

@@ -103,7 +103,9 @@ SIDECAR_SUFFIX = ".protobuf"
 def paddle_v1_preprocess() -> Preprocess:
     """The v1 model zoo's evaluation input: BGR 0..255 minus the channel means, 256 -> 224."""
     return Preprocess(resize=256, crop=224, interpolation="bilinear", scale=1.0,
-                      channel_order="BGR", mean=BGR_MEANS, std=(1.0, 1.0, 1.0))
+                      channel_order="BGR", mean=BGR_MEANS, std=(1.0, 1.0, 1.0),
+                      follows="PaddlePaddle v1 model zoo tutorial's single-crop evaluation: "
+                              "shorter side 256, centre 224, BGR 0..255 minus the channel means")
 
 
 def is_paddle_v1_folder(path: str | Path) -> bool:
