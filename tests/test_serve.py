@@ -351,6 +351,11 @@ def test_upload_page_in_a_browser(running_server, cat_jpeg, tmp_path):
             assert first_share.endswith("%") and 10 < float(first_share[:-1]) <= 100
             assert failed.locator(".error").inner_text() == \
                 "broken.jpg: not an image Pillow can read (unrecognised content)"
+            done.locator(".explain").click()  # on request: the heat map of the upload
+            heat = done.locator(".heatmap")
+            playwright_api.expect(heat).to_be_visible(timeout=60_000)
+            assert heat.evaluate("img => img.naturalWidth") == 700
+            assert failed.locator(".explain").is_hidden()
             shot = tmp_path / "page.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:

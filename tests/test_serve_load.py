@@ -408,3 +408,28 @@ def test_cli_several_models_take_no_shared_weights(capsys):
     from imagezoo.cli import main
     assert main(["serve", "resnet18", "resnet50", "--weights", "random", "--port", "0"]) == 2
     assert "--weights and --pretrained go with one model" in capsys.readouterr().err
+
+
+def test_heat_map_of_an_upload(cat_jpeg):
+    import io
+    import imagezoo
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    from imagezoo.serve.app import create_app
+    lite0 = imagezoo.load_model("efficientnet_lite0")
+    client = TestClient(create_app(lite0))
+    answer = client.post("/api/explain", files={"file": ("chelsea.jpg", cat_jpeg)})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(answer.content)) as picture:
+        assert picture.size == (700, 600)
+    named = client.post("/api/explain?class=espresso", files={"file": ("chelsea.jpg", cat_jpeg)})
+    assert named.status_code == 200 and named.content != answer.content
+    broken = client.post("/api/explain", files={"file": ("x.jpg", b"not a photo")})
+    assert broken.status_code == 400 and "x.jpg: not an image" in broken.json()["detail"]
+    engine = imagezoo.optimize(lite0, backend="onnxruntime", batch_size=1)
+    without = TestClient(create_app(engine)).post("/api/explain",
+                                                  files={"file": ("c.jpg", cat_jpeg)})
+    assert without.status_code == 501
+    with_eager = TestClient(create_app(engine, explainer=lite0)).post(
+        "/api/explain", files={"file": ("c.jpg", cat_jpeg)})
+    assert with_eager.status_code == 200

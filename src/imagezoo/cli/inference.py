@@ -182,10 +182,11 @@ def run_serve(args: argparse.Namespace) -> int:
     with sock:
         # The engine is made for what one forward pass runs: up to --max-batch uploads.
         args.batch_size = args.max_batch * (10 if args.ten_crop else 1)
-        models = []
+        models, eager = [], []
         for name in names:
             args.model = name
-            models.append(engine_from_args(args, model_from_args(args), count=args.batch_size))
+            eager.append(model_from_args(args))
+            models.append(engine_from_args(args, eager[-1], count=args.batch_size))
         port = sock.getsockname()[1]
         shown = ", ".join(f"{m.card.name} ({getattr(m, 'backend', 'torch')}, "
                           f"{getattr(m, 'precision', 'exact')})" for m in models)
@@ -198,11 +199,17 @@ def run_serve(args: argparse.Namespace) -> int:
                   max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                   max_pixels_in_flight=int(args.max_pixels_in_flight * 1e6),
                   timeout=args.timeout, grace=args.grace, allow_origins=args.allow_origins,
-                  access_log=args.access_log)
+                  access_log=args.access_log, explainer=eager_for_heat_maps(eager[0]))
         except KeyboardInterrupt:  # Ctrl-C is how a server is meant to stop: not a failure
             pass
         print("imagezoo: stopped", file=sys.stderr)
     return EXIT_OK
+
+
+def eager_for_heat_maps(model):
+    """The PyTorch model the page's heat maps are drawn with (None for a compiled file)."""
+    from ..serve.app import eager_model
+    return eager_model(model)
 
 
 def run_features(args: argparse.Namespace) -> int:

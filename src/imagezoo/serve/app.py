@@ -103,7 +103,7 @@ def create_app(model, top: int = 5, ten_crop: bool = False,
                max_batch: int | None = None, max_wait_ms: float = MAX_WAIT_MS,
                max_queue: int = MAX_QUEUE, max_pixels_in_flight: int = MAX_PIXELS_IN_FLIGHT,
                timeout: float = REQUEST_TIMEOUT, allow_origins=(),
-               decode_threads: int | None = None) -> FastAPI:
+               decode_threads: int | None = None, explainer=None) -> FastAPI:
     """A FastAPI app serving ``model``: a loaded model, an ``Engine`` or an ``OnnxModel``
     (anything with a ``card`` that maps a preprocessed batch to logits), put in eval mode; or
     several, as a list (named by their cards) or a dict name -> model, each at
@@ -121,7 +121,9 @@ def create_app(model, top: int = 5, ten_crop: bool = False,
     ``max_queue`` images in hand and ``max_pixels_in_flight`` decoded pixels at once (beyond
     them: 503 with ``Retry-After``); ``timeout`` seconds for a request's body to arrive, and
     as its budget for the wait in the queue after (then: 503); ``decode_threads`` images
-    decoded at once (default: one per core)."""
+    decoded at once (default: one per core). ``explainer``: the first model's eager PyTorch
+    model, for ``POST /api/explain`` (heat maps); by default the first model itself when it
+    is a PyTorch model with layers (not an engine or an ONNX file)."""
     models = named_models(model)
     metrics = Metrics()
     admission = Admission(max_queue, max_pixels_in_flight, metrics)
@@ -282,7 +284,19 @@ def create_app(model, top: int = 5, ten_crop: bool = False,
                                   ) -> dict:
         return await classify_upload(model_named(name), request, file, top_k)
 
+    from .explain import add_explain_route
+    add_explain_route(app, explainer if explainer is not None else eager_model(first.model),
+                      max_upload_bytes)
     return app
+
+
+def eager_model(model):
+    """``model`` when it is a PyTorch model whose layers a heat map can hook, else None."""
+    from ..models.layers import named_layers
+    try:
+        return model if named_layers(model) and not hasattr(model, "backend") else None
+    except Exception:  # noqa: BLE001 - an engine or exported file: no heat maps
+        return None
 
 
 def stop_workers(batchers: list[DynamicBatcher], decoders: ThreadPoolExecutor,

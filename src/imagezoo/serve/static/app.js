@@ -79,6 +79,7 @@ async function classify(file, card) {
     const answer = await readAnswer(response);
     note.textContent = "classified in " + answer.milliseconds + " ms";
     drawPredictions(card.querySelector(".predictions"), answer.predictions);
+    offerHeatMap(file, card);
     card.classList.add("done");
   } catch (error) {
     note.textContent = "";
@@ -87,6 +88,33 @@ async function classify(file, card) {
     message.hidden = false;
     card.classList.add("failed");
   }
+}
+
+// On request, the Grad-CAM heat map of the top class (api/explain draws it as a PNG).
+function offerHeatMap(file, card) {
+  const button = card.querySelector(".explain");
+  button.hidden = false;
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    button.textContent = "drawing the heat map\u2026";
+    const form = new FormData();
+    form.append("file", file, file.name);
+    try {
+      const response = await fetch("api/explain", { method: "POST", body: form });
+      if (!response.ok) {
+        await readAnswer(response);  // throws with the server's message
+      }
+      const picture = card.querySelector(".heatmap");
+      const address = URL.createObjectURL(await response.blob());
+      picture.addEventListener("load", () => URL.revokeObjectURL(address), { once: true });
+      picture.src = address;
+      picture.alt = "heat map of " + file.name;
+      picture.hidden = false;
+      button.hidden = true;
+    } catch (error) {
+      button.textContent = "no heat map: " + error.message;
+    }
+  }, { once: true });
 }
 
 async function classifyAll(files) {
