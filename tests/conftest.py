@@ -96,3 +96,19 @@ def assert_reproduces_reference(model, expected: dict) -> None:
     for stage in range(1, 5):
         key = f"stage{stage}"
         assert_stage_map_close(captured[key].numpy(), expected[key], key)
+
+
+def jpeg_bytes(pixels: np.ndarray) -> bytes:
+    """An H x W x 3 uint8 array as JPEG bytes (quality 92), as a camera or browser sends them."""
+    import io
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def cat_jpeg() -> bytes:
+    """scikit-image's photo of Chelsea the cat, as a JPEG upload."""
+    from skimage import data as skdata
+    return jpeg_bytes(skdata.chelsea())

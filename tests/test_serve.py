@@ -21,7 +21,6 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
-from skimage import data as skdata
 
 
 def needed(module: str, what: str):
@@ -42,20 +41,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 import imagezoo  # noqa: E402
 from imagezoo import cli  # noqa: E402
 from imagezoo.serve import create_app, limits  # noqa: E402
+from conftest import jpeg_bytes
 
 CAT_LABELS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def jpeg_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=92)
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def cat_jpeg() -> bytes:
-    return jpeg_bytes(skdata.chelsea())
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skimage import data as skdata
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -32,20 +31,12 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 import imagezoo  # noqa: E402
 from imagezoo.serve import build_server, create_app, limits  # noqa: E402
+from conftest import jpeg_bytes
 
 RESOURCES = Path(imagezoo.__file__).parent / "resources"
 PHOTOS = [RESOURCES / name for name in ("astronaut.jpg", "coffee.jpg", "rocket.jpg", "cat.png")]
 
 
-def jpeg_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=92)
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def cat_jpeg() -> bytes:
-    return jpeg_bytes(skdata.chelsea())
 
 
 def upload(client, content: bytes, name: str = "photo.jpg", path: str = "/api/classify",

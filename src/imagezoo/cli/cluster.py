@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..errors import ImagezooError
-from .inference import finish_run
+from .inference import finish_run, report_evaluation
 
 
 def model_spec(args: argparse.Namespace, precision: str | None = None):
@@ -54,15 +53,7 @@ def features_on_ray(args: argparse.Namespace) -> int:
 
 def evaluate_on_ray(args: argparse.Namespace) -> int:
     from ..ray import run_evaluate
-    from ..tasks.evaluate import format_report
     result = run_evaluate(args.dataset, model_spec(args), args.out, top=args.top or 5,
                           address=args.ray or None, resume=args.resume,
                           classes_file=args.classes, **run_options(args))
-    for _, error in result.failed:
-        print(f"imagezoo: {error}", file=sys.stderr)
-    if result.count:
-        print(json.dumps(result.to_dict()) if args.json else format_report(result))
-        if args.plot:
-            from .viz import plot_evaluation
-            plot_evaluation(result, args.plot)
-    return finish_run("evaluated", [True] * result.count + [False] * len(result.failed), [])
+    return report_evaluation(args, result)

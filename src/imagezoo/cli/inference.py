@@ -256,13 +256,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from .cluster import evaluate_on_ray
         return evaluate_on_ray(args)
     from ..tasks.classify import resolve_device
-    from ..tasks.evaluate import evaluate, format_report
+    from ..tasks.evaluate import evaluate
     resolve_device(args.device)
     model = engine_from_args(args, model_from_args(args), args.batch_size)
     result = evaluate(model, args.dataset, top=top_from_args(args, model.card), ten_crop=args.ten_crop,
                       batch_size=args.batch_size, workers=args.workers, device=args.device,
                       progress=args.progress, classes_file=args.classes)
-    for source, error in result.failed:
+    return report_evaluation(args, result)
+
+
+def report_evaluation(args: argparse.Namespace, result) -> int:
+    """An ``Evaluation`` on the terminal: failures, the report (or JSON), the plots, counts."""
+    from ..tasks.evaluate import format_report
+    for _, error in result.failed:
         print(f"imagezoo: {error}", file=sys.stderr)
     if result.count:
         print(json.dumps(result.to_dict()) if args.json else format_report(result))
