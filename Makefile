@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_finetune.py
+	$(BIN)/python benchmarks/bench_startup.py
+	if [ -d ../shared/data/cifar10-test ]; then $(BIN)/python benchmarks/bench_cifar.py; fi
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
