@@ -30,7 +30,7 @@ _EXPORTS = {
     "convert": "imagezoo.tasks.convert", "inspect_weights": "imagezoo.tasks.convert",
     "extract_features": "imagezoo.tasks.features", "iter_features": "imagezoo.tasks.features",
     "UnknownLayerError": "imagezoo.models.layers", "list_layers": "imagezoo.models.layers",
-    "Evaluation": "imagezoo.tasks.evaluate", "evaluate": "imagezoo.tasks.evaluate",
+    "Evaluation": "imagezoo.tasks.evaluation", "evaluate": "imagezoo.tasks.evaluate",
     "FinetuneResult": "imagezoo.tasks.finetune", "finetune": "imagezoo.tasks.finetune",
     "Engine": "imagezoo.engine", "optimize": "imagezoo.engine",
     "ExportError": "imagezoo.export", "OnnxModel": "imagezoo.export",

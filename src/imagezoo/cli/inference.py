@@ -255,19 +255,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from .cluster import evaluate_on_ray
         return evaluate_on_ray(args)
+    light = light_engine_from_args(args, args.batch_size)
+    if light is not None:
+        from ..tasks.light_evaluate import evaluate_light
+        result = evaluate_light(light, args.dataset, top=top_from_args(args, light.card),
+                                ten_crop=args.ten_crop, batch_size=args.batch_size,
+                                progress=args.progress, classes_file=args.classes)
+        return report_evaluation(args, result)
     from ..tasks.classify import resolve_device
     from ..tasks.evaluate import evaluate
+    from ..tasks.evaluation import labelled_inputs
     resolve_device(args.device)
-    model = engine_from_args(args, model_from_args(args), args.batch_size)
-    result = evaluate(model, args.dataset, top=top_from_args(args, model.card), ten_crop=args.ten_crop,
+    model = model_from_args(args)
+    # The set is matched to the model first: its size decides whether timing pays.
+    labelled = labelled_inputs(args.dataset, model.card, args.classes)
+    model = engine_from_args(args, model, len(labelled))
+    result = evaluate(model, labelled, top=top_from_args(args, model.card), ten_crop=args.ten_crop,
                       batch_size=args.batch_size, workers=args.workers, device=args.device,
-                      progress=args.progress, classes_file=args.classes)
+                      progress=args.progress, classes_file=None)
     return report_evaluation(args, result)
 
 
 def report_evaluation(args: argparse.Namespace, result) -> int:
     """An ``Evaluation`` on the terminal: failures, the report (or JSON), the plots, counts."""
-    from ..tasks.evaluate import format_report
+    from ..tasks.evaluation import format_report
     for _, error in result.failed:
         print(f"imagezoo: {error}", file=sys.stderr)
     if result.count:

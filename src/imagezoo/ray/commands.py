@@ -127,7 +127,7 @@ def run_evaluate(dataset, model_spec, out_path=None, top: int = 5, address: str 
     in-memory sets are not for Ray). Other arguments as for ``run_classify``."""
     _import_ray()   # before anything else: without Ray, one line
     from ..data.datasets import cifar10_path
-    from ..tasks.evaluate import _labelled_set_for_model
+    from ..tasks.evaluation import labelled_set_for_model
     run = RunOptions(**options)
     if out_path is not None:
         from ..tasks.row_files import output_format
@@ -139,7 +139,7 @@ def run_evaluate(dataset, model_spec, out_path=None, top: int = 5, address: str 
         raise DatasetError("CIFAR-10 sets are held in memory; evaluate them without --ray")
     if top < 1:
         raise ImagezooError(f"top must be at least 1, not {top}")
-    labelled = _labelled_set_for_model(dataset, card, classes_file)
+    labelled = labelled_set_for_model(dataset, card, classes_file)
     k = min(top, card.num_classes)
     targets = {}
     for path, label in zip(labelled.paths, labelled.labels):
@@ -163,34 +163,16 @@ def run_evaluate(dataset, model_spec, out_path=None, top: int = 5, address: str 
 def evaluation_from_rows(rows: list[dict], card, k: int, order: list[str] | None = None):
     """``imagezoo.evaluate``'s figures from per-image rows (``path, target, predicted,
     error``); ``order`` (the set's paths) orders the failures as the set lists them."""
-    from collections import Counter
-    from ..tasks.evaluate import MAX_CONFUSIONS, Evaluation, distinct_names
+    from ..tasks.evaluation import Tally
     position = {path: index for index, path in enumerate(order or [])}
     rows = sorted(rows, key=lambda row: position.get(row["path"], len(position)))
-    names = distinct_names(card.labels)
-    images, correct, mistakes = Counter(), Counter(), Counter()
-    hits_top1 = hits_topk = 0
-    failed = []
+    tally = Tally(card.labels, k)
     for row in rows:
         if row["error"] is not None:
-            failed.append((row["path"], row["error"]))
-            continue
-        true, best = row["target"], row["predicted"]
-        images[true] += 1
-        if best[0] == true:
-            correct[true] += 1
-            hits_top1 += 1
+            tally.fail(row["path"], row["error"])
         else:
-            mistakes[true, best[0]] += 1
-        hits_topk += true in best
-    count = sum(images.values())
-    per_class = {names[label]: {"accuracy": correct[label] / images[label], "count": images[label]}
-                 for label in sorted(images)}
-    worst = sorted(mistakes.items(), key=lambda item: (-item[1], item[0]))[:MAX_CONFUSIONS]
-    return Evaluation(top1=hits_top1 / count if count else None,
-                      topk=hits_topk / count if count else None, k=k, count=count,
-                      failed=failed, per_class=per_class,
-                      confusions=[(names[t], names[p], n) for (t, p), n in worst])
+            tally.add(row["target"], row["predicted"])
+    return tally.result()
 
 
 def _inputs_or_fail(sources, all_files: bool, out_path=None) -> Inputs:

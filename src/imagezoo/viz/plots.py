@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 from ..errors import ImagezooError
 from ..fileio import atomic_path
 from ..tasks.classify import Prediction, Ranked
-from ..tasks.evaluate import Evaluation
+from ..tasks.evaluation import Evaluation
 from .photo import as_photo
 
 DPI = 100
