@@ -105,3 +105,43 @@ def test_the_evaluate_command_runs_without_torch_once_the_engine_is_cached(tmp_p
     assert second.returncode == 1, second.stderr
     assert json.loads(second.stdout) == json.loads(first.stdout)
     assert "broken.jpg" in second.stderr and "empty.png" in second.stderr
+
+
+SERVE_PROBE = """
+import sys
+import imagezoo.serve
+captured = {}
+imagezoo.serve.serve = lambda model, **options: captured.update(model=model, **options)
+from imagezoo.cli import main
+assert main(['serve', '--port', '0']) == 0
+from imagezoo.engine.light import LightEngine
+assert isinstance(captured['model'], LightEngine), captured['model']
+assert 'torch' not in sys.modules, 'torch was imported to start the server'
+from fastapi.testclient import TestClient
+from imagezoo.serve.app import create_app
+client = TestClient(create_app(captured['model'], explainer=captured['explainer']))
+with open(sys.argv[1], 'rb') as handle:
+    answer = client.post('/api/classify?top=3', files={'file': ('cat.png', handle.read())})
+assert answer.status_code == 200, answer.text
+assert 'torch' not in sys.modules, 'torch was imported to classify'
+print(answer.text)
+with open(sys.argv[1], 'rb') as handle:
+    heat = client.post('/api/explain', files={'file': ('cat.png', handle.read())})
+assert heat.status_code == 200 and heat.content.startswith(b'\\x89PNG'), heat.text
+assert 'torch' in sys.modules   # heat maps need the PyTorch model: loaded on first use
+"""
+
+
+def test_serve_runs_without_torch_once_the_engine_is_cached(tmp_path):
+    env = {**os.environ, "IMAGEZOO_CACHE": str(tmp_path), "IMAGEZOO_BACKEND": "auto",
+           "IMAGEZOO_BACKGROUND_ENGINES": "0"}
+    subprocess.run([sys.executable, "-m", "imagezoo", "engines", "--prepare", "--batch-size", "8"],
+                   check=True, capture_output=True, cwd=ROOT, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", SERVE_PROBE, str(CAT_PHOTO)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    served = json.loads(done.stdout.strip().splitlines()[-1])
+    [expected] = imagezoo.classify(imagezoo.load_model("efficientnet_lite0"), CAT_PHOTO, top=3)
+    assert [r["index"] for r in served["predictions"]] == [r.index for r in expected.predictions]
+    np.testing.assert_allclose([r["probability"] for r in served["predictions"]],
+                               [r.probability for r in expected.predictions], atol=1e-5)

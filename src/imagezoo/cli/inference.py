@@ -182,11 +182,17 @@ def run_serve(args: argparse.Namespace) -> int:
     with sock:
         # The engine is made for what one forward pass runs: up to --max-batch uploads.
         args.batch_size = args.max_batch * (10 if args.ten_crop else 1)
-        models, eager = [], []
+        models, explainers = [], []
         for name in names:
             args.model = name
-            eager.append(model_from_args(args))
-            models.append(engine_from_args(args, eager[-1], count=args.batch_size))
+            light = light_engine_from_args(args, args.batch_size)
+            if light is not None:   # the cached engine: served without importing PyTorch
+                models.append(light)
+                explainers.append(deferred_eager_model(args))
+            else:
+                eager = model_from_args(args)
+                models.append(engine_from_args(args, eager, count=args.batch_size))
+                explainers.append(eager_for_heat_maps(eager))
         port = sock.getsockname()[1]
         shown = ", ".join(f"{m.card.name} ({getattr(m, 'backend', 'torch')}, "
                           f"{getattr(m, 'precision', 'exact')})" for m in models)
@@ -199,7 +205,7 @@ def run_serve(args: argparse.Namespace) -> int:
                   max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                   max_pixels_in_flight=int(args.max_pixels_in_flight * 1e6),
                   timeout=args.timeout, grace=args.grace, allow_origins=args.allow_origins,
-                  access_log=args.access_log, explainer=eager_for_heat_maps(eager[0]))
+                  access_log=args.access_log, explainer=explainers[0])
         except KeyboardInterrupt:  # Ctrl-C is how a server is meant to stop: not a failure
             pass
         print("imagezoo: stopped", file=sys.stderr)
@@ -210,6 +216,14 @@ def eager_for_heat_maps(model):
     """The PyTorch model the page's heat maps are drawn with (None for a compiled file)."""
     from ..serve.app import eager_model
     return eager_model(model)
+
+
+def deferred_eager_model(args: argparse.Namespace):
+    """The PyTorch model of the heat maps of a server running without PyTorch: loaded (and
+    PyTorch imported) when the first heat map is asked for."""
+    from ..serve.explain import Deferred
+    named = argparse.Namespace(**vars(args))
+    return Deferred(lambda: model_from_args(named))
 
 
 def run_features(args: argparse.Namespace) -> int:

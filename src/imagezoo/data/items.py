@@ -27,3 +27,8 @@ def prepare_item(source: str, transform: Callable, spec, draft_size: int | None 
         return transform(image, spec), None, notes
     except Exception as error:  # noqa: BLE001 - one input's problem, never the run's
         return None, f"{source}: {preprocess_reason(error)}", notes
+
+
+def draft_size(card, draft: bool) -> int | None:
+    """The side libjpeg's draft mode may reduce a JPEG to and still cover the card's resize."""
+    return (card.preprocess.resize or card.preprocess.crop) if draft else None

@@ -40,15 +40,17 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from torch import nn
 
 from .. import __version__
-from ..data.batches import INFERENCE_BATCH
+from ..choices import INFERENCE_BATCH
 from ..data.images import decode_bytes
 from ..errors import ImageDecodeError, ImagezooError
-from ..tasks.classify import draft_size, preprocess
+from ..data.decode_guard import preprocess_reason
+from ..data.items import draft_size
+from ..data.transforms import preprocess_array, preprocess_ten_crop_array
 from .admission import Admission, AdmissionLimit, PixelReservation, QueueTimeout, ServerBusy
 from .batcher import DynamicBatcher
+from .forward import array_forward, is_array_model
 from .guards import OriginCheck, TimeLimit
 from .limits import (MAX_PIXELS_IN_FLIGHT, MAX_QUEUE, MAX_UPLOAD_BYTES, MAX_WAIT_MS,
                      REQUEST_TIMEOUT, RETRY_AFTER, UploadLimit, size_text)
@@ -65,13 +67,13 @@ WORKER_JOIN_SECONDS = 5.0
 class Served:
     """One model the server holds, with what its requests need."""
     name: str
-    model: nn.Module
+    model: object   # a PyTorch model, an Engine, an OnnxModel or a LightEngine
     draft_side: int | None
     batcher: DynamicBatcher
     summary: dict
 
 
-def named_models(models) -> dict[str, nn.Module]:
+def named_models(models) -> dict:
     """A model, a list of models (named by their cards) or a dict name -> model."""
     if isinstance(models, Mapping):
         pairs = list(models.items())
@@ -81,7 +83,7 @@ def named_models(models) -> dict[str, nn.Module]:
         pairs = [(models.card.name, models)]
     if not pairs:
         raise ImagezooError("no model to serve")
-    named: dict[str, nn.Module] = {}
+    named: dict = {}
     for name, model in pairs:
         if not MODEL_NAME.match(name):
             raise ImagezooError(f"cannot serve a model named {name!r} at /api/models/NAME: "
@@ -92,7 +94,7 @@ def named_models(models) -> dict[str, nn.Module]:
     return named
 
 
-def default_max_batch(model: nn.Module) -> int:
+def default_max_batch(model) -> int:
     """The engine's batch size when it has one, else the inference commands' batch size."""
     return int(getattr(model, "batch_size", None) or INFERENCE_BATCH)
 
@@ -104,8 +106,9 @@ def create_app(model, top: int = 5, ten_crop: bool = False,
                max_queue: int = MAX_QUEUE, max_pixels_in_flight: int = MAX_PIXELS_IN_FLIGHT,
                timeout: float = REQUEST_TIMEOUT, allow_origins=(),
                decode_threads: int | None = None, explainer=None) -> FastAPI:
-    """A FastAPI app serving ``model``: a loaded model, an ``Engine`` or an ``OnnxModel``
-    (anything with a ``card`` that maps a preprocessed batch to logits), put in eval mode; or
+    """A FastAPI app serving ``model``: a loaded model, an ``Engine``, an ``OnnxModel``
+    (anything with a ``card`` that maps a preprocessed batch to logits), put in eval mode, or a
+    cached engine run without PyTorch (``engine.light.LightEngine``); or
     several, as a list (named by their cards) or a dict name -> model, each at
     ``/api/models/NAME/classify``, the first also at ``/api/classify``.
 
@@ -122,8 +125,10 @@ def create_app(model, top: int = 5, ten_crop: bool = False,
     them: 503 with ``Retry-After``); ``timeout`` seconds for a request's body to arrive, and
     as its budget for the wait in the queue after (then: 503); ``decode_threads`` images
     decoded at once (default: one per core). ``explainer``: the first model's eager PyTorch
-    model, for ``POST /api/explain`` (heat maps); by default the first model itself when it
-    is a PyTorch model with layers (not an engine or an ONNX file)."""
+    model, for ``POST /api/explain`` (heat maps), or an ``explain.Deferred`` that loads it on
+    the first such request (a server running without PyTorch imports it only then); by
+    default the first model itself when it is a PyTorch model with layers (not an engine or
+    an ONNX file)."""
     models = named_models(model)
     metrics = Metrics()
     admission = Admission(max_queue, max_pixels_in_flight, metrics)
@@ -132,13 +137,15 @@ def create_app(model, top: int = 5, ten_crop: bool = False,
                                   thread_name_prefix="imagezoo-decode")
     served: dict[str, Served] = {}
     for name, each in models.items():
-        each.eval()  # a model left in training mode would answer nonsense and drift
+        if hasattr(each, "eval"):
+            each.eval()  # a model left in training mode would answer nonsense and drift
         precision = getattr(each, "precision", "exact")
         batch = max_batch or default_max_batch(each)
         card = each.card
         served[name] = Served(
             name, each, draft_size(card, draft=precision == "fast"),
-            DynamicBatcher(each, name, batch, max_wait_ms / 1000, forward_lock, metrics),
+            DynamicBatcher(array_forward(each), card, name, batch, max_wait_ms / 1000,
+                           forward_lock, metrics),
             {"name": card.name,
              "architecture": card.architecture,
              "classes": card.num_classes,
@@ -195,14 +202,18 @@ def create_app(model, top: int = 5, ten_crop: bool = False,
         try:
             image = decode_bytes(data, name, target.draft_side, check_size=reservation.check)
             size = image.size
-            tensor = preprocess(image, target.model.card, ten_crop)
+            transform = preprocess_ten_crop_array if ten_crop else preprocess_array
+            try:
+                array = transform(image, target.model.card.preprocess)
+            except Exception as error:  # noqa: BLE001 - an odd image is its own error
+                raise ImageDecodeError(f"{name}: {preprocess_reason(error)}") from None
             del image
         finally:
             big = reservation.pixels >= TRIM_AFTER_PIXELS
             reservation.release()
             if big:
                 give_back_memory()
-        return tensor, size
+        return array, size
 
     async def classify_upload(target: Served, request: Request, file: UploadFile,
                               top_k: int) -> dict:
@@ -219,11 +230,11 @@ def create_app(model, top: int = 5, ten_crop: bool = False,
         deadline = getattr(request.state, "deadline", None) or time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         try:
-            tensor, size = await asyncio.wait_for(
+            array, size = await asyncio.wait_for(
                 loop.run_in_executor(decoders, decode_upload, data, name, target, deadline),
                 max(0.0, deadline - time.monotonic()))
             request.state.image_size = size
-            answer = await target.batcher.classify(tensor, top_k, deadline)
+            answer = await target.batcher.classify(array, top_k, deadline)
         except asyncio.TimeoutError:
             metrics.rejected("queue_timeout")
             raise busy(f"{name}: waited longer than the server's time limit for a decoder; "
@@ -292,6 +303,8 @@ def create_app(model, top: int = 5, ten_crop: bool = False,
 
 def eager_model(model):
     """``model`` when it is a PyTorch model whose layers a heat map can hook, else None."""
+    if is_array_model(model):
+        return None
     from ..models.layers import named_layers
     try:
         return model if named_layers(model) and not hasattr(model, "backend") else None

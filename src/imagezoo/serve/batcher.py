@@ -9,6 +9,8 @@ Images that arrive while a pass runs simply make the next batch larger.
 
 Each image's answer is the same as classifying it alone: the model is in eval mode (no batch
 statistics), softmax and top-k are taken row by row, and each request keeps its own ``top``.
+Everything here is NumPy (``forward.py`` wraps a PyTorch model), so a server whose engine is
+cached runs without PyTorch.
 """
 from __future__ import annotations
 
@@ -19,11 +21,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import torch
-from torch import nn
+import numpy as np
 
-from ..tasks.classify import class_probabilities, top_classes
-from ..tasks.results import Ranked
+from ..tasks.light_batches import probabilities
+from ..tasks.results import Ranked, ranked_rows
 from .admission import QueueTimeout
 from .limits import RETRY_AFTER
 
@@ -39,7 +40,7 @@ class Answer:
 
 @dataclass(eq=False)
 class Job:
-    tensor: torch.Tensor              # 1 x 3 x H x W, or 1 x 10 x 3 x H x W (ten crops)
+    array: np.ndarray                 # 3 x H x W, or 10 x 3 x H x W (ten crops)
     top: int
     deadline: float                   # time.monotonic() past which it is not started
     loop: asyncio.AbstractEventLoop
@@ -66,13 +67,15 @@ class DynamicBatcher:
     ``forward_lock`` is shared by the batchers of every model the server holds: each pass
     already uses every core, and two at once would only slow each other down."""
 
-    def __init__(self, model: nn.Module, name: str, max_batch: int, max_wait: float,
+    def __init__(self, forward, card, name: str, max_batch: int, max_wait: float,
                  forward_lock: threading.Lock | None = None, metrics=None):
+        """``forward``: a float32 N x 3 x H x W array -> N x C logits (``forward.array_forward``);
+        ``card``: the model's card (its labels)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         if max_wait < 0:
             raise ValueError(f"max_wait must not be negative, not {max_wait}")
-        self.model = model
+        self.forward, self.card = forward, card
         self.name = name
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -87,11 +90,11 @@ class DynamicBatcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    async def classify(self, tensor: torch.Tensor, top: int, deadline: float) -> Answer:
+    async def classify(self, array: np.ndarray, top: int, deadline: float) -> Answer:
         """The image's answer, from the next forward pass that has room for it; a job still
         waiting at ``deadline`` is withdrawn and raises ``QueueTimeout``."""
         loop = asyncio.get_running_loop()
-        job = Job(tensor, top, deadline, loop, loop.create_future())
+        job = Job(array, top, deadline, loop, loop.create_future())
         with self._wake:
             if self._stopping:
                 raise QueueTimeout(f"the server is stopping; try again in {RETRY_AFTER} s")
@@ -162,11 +165,11 @@ class DynamicBatcher:
                 self._run(jobs)
 
     def _run(self, jobs: list[Job]) -> None:
+        arrays = [job.array for job in jobs]
         try:
-            batch = torch.cat([job.tensor for job in jobs])
             with self.forward_lock:
                 started = time.perf_counter()
-                probabilities = self._probabilities(batch)
+                rows = probabilities(self.forward, arrays, ten_crop=arrays[0].ndim == 4)
                 seconds = time.perf_counter() - started
         except Exception as error:  # noqa: BLE001 - each waiting request gets the failure
             log.exception("forward pass of %d image(s) failed", len(jobs))
@@ -175,13 +178,6 @@ class DynamicBatcher:
             return
         if self.metrics is not None:
             self.metrics.batch(self.name, len(jobs), seconds)
-        for job, row in zip(jobs, probabilities):
-            [ranked] = top_classes(row.unsqueeze(0), self.model.card, job.top)
+        for job, row in zip(jobs, rows):
+            [ranked] = ranked_rows(row[None], self.card.labels, job.top)
             job.settle(Answer(ranked, seconds * 1000, len(jobs)))
-
-    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        parameter = next(self.model.parameters(), None)
-        if parameter is not None:
-            batch = batch.to(parameter.device)
-        with torch.inference_mode():
-            return class_probabilities(self.model, batch).cpu()

@@ -20,15 +20,30 @@ from ..errors import ImageDecodeError, ImagezooError
 from .limits import check_image_size, size_text
 
 
+class Deferred:
+    """The eager PyTorch model, loaded by ``load()`` when the first heat map is asked for: a
+    server that classifies without PyTorch imports it only then."""
+
+    def __init__(self, load):
+        self.load, self.model = load, None
+
+    def get(self):
+        if self.model is None:
+            self.model = self.load()
+        return self.model
+
+
 def add_explain_route(app: FastAPI, explainer, max_upload_bytes: int) -> None:
-    """Add the route; ``explainer`` is the eager PyTorch model of the first model, or None."""
+    """Add the route; ``explainer`` is the eager PyTorch model of the first model, a
+    ``Deferred`` one, or None."""
     lock = threading.Lock()
 
     def draw(data: bytes, name: str, target: str | None) -> bytes:
         from ..viz import explain, overlay
         image = decode_bytes(data, name, check_size=check_image_size)
         with lock, tempfile.TemporaryDirectory() as folder:
-            [explanation] = explain(explainer, image, target=target, top=1)
+            model = explainer.get() if isinstance(explainer, Deferred) else explainer
+            [explanation] = explain(model, image, target=target, top=1)
             return overlay(image, explanation, Path(folder) / "heat.png").read_bytes()
 
     @app.post("/api/explain", response_class=Response,

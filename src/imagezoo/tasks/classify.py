@@ -18,6 +18,7 @@ from ..errors import ImageDecodeError, ImagezooError
 from ..data.decode_guard import preprocess_reason
 from ..data.batches import INFERENCE_BATCH, ImageDataset, image_batches
 from ..data.images import load_image, to_rgb
+from ..data.items import draft_size  # noqa: F401 (re-exported)
 from ..data.sources import expand_sources
 from ..data.transforms import preprocess_image, preprocess_ten_crop
 
@@ -74,11 +75,6 @@ def preprocess(image: str | os.PathLike | Image.Image | np.ndarray, card: ModelC
 def show_progress(requested: bool) -> bool:
     """A bar when asked for, or when stderr is a terminal; pipes stay quiet."""
     return requested or sys.stderr.isatty()
-
-
-def draft_size(card: ModelCard, draft: bool) -> int | None:
-    """The side libjpeg's draft mode may reduce a JPEG to and still cover the card's resize."""
-    return (card.preprocess.resize or card.preprocess.crop) if draft else None
 
 
 def image_dataset(sources: list[str], card: ModelCard, ten_crop: bool = False,
