@@ -13,12 +13,18 @@ import os
 import sys
 from importlib import import_module
 
-from .parser import build_parser
-
 __all__ = ["build_parser", "main", "run"]
 
 
+def __getattr__(name: str):
+    if name == "build_parser":   # imported on use: ``imagezoo --help`` may never need it
+        from .parser import build_parser
+        return build_parser
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .parser import build_parser
     args = build_parser().parse_args(argv)
     # Imported after parsing: --help and usage errors exit before paying for them.
     from ..errors import ImagezooError
@@ -42,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """The ``imagezoo`` command and ``python -m imagezoo``: ``main`` and exit with its status."""
+    if sys.argv[1:] in (["--help"], ["-h"]):   # the kept text: no grammar to build
+        from .help_text import print_top_level_help
+        sys.exit(print_top_level_help())
     code = main()
     if "torch" in sys.modules:  # only a command that ran PyTorch can be a torchrun worker
         from ..tasks.distributed import is_torchrun_worker
