@@ -22,10 +22,8 @@ checked and cached (``--pretrained akamaster``).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import random
-import shlex
 import sys
 import tempfile
 import time
@@ -41,14 +39,15 @@ from imagezoo.data.transforms import preprocess_image
 from imagezoo.models.registry import CIFAR_ERRORS
 from imagezoo.weights.published import AKAMASTER, published_weights
 
+# What every benchmark shares (this script's folder is on sys.path when it runs as a script).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_classify import OtherLoad, bench_arguments, cpu_model, git_revision, log  # noqa: E402
+from harness import (BENCHMARKS, REPO, OtherLoad, bench_arguments, log, machine_cpu,  # noqa: E402
+                     report_header, versions, write_report)
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = REPO.parent / "shared"
 DEFAULT_DATA = SHARED / "data" / "cifar10-test"
 DEFAULT_WEIGHTS = SHARED / "weights" / "cifar10"
-DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS-cifar.md"
+DEFAULT_OUT = BENCHMARKS / "RESULTS-cifar.md"
 MODELS = ("resnet20_cifar", "resnet32_cifar", "resnet44_cifar", "resnet56_cifar")
 BATCH = 64                 # evaluation batch and the forward-pass batch
 QUICK_IMAGES = 1000
@@ -163,23 +162,21 @@ def describe_data(data) -> str:
     return f"`{getattr(data, 'source', data)}`"
 
 
-def report(rows: list[Row], data, count: int, command: str, other: OtherLoad) -> str:
-    lines = [
-        "# CIFAR-10 ResNets of the ResNet paper: published weights on real images",
-        "",
-        "Written by `benchmarks/bench_cifar.py`; rerun it to refresh (the file is overwritten).",
-        "",
-        f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- Command: `{command}`",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} intra-op threads; "
-        f"other processes used {other.share():.0%} of the machine during the run",
-        f"- torch {torch.__version__}, imagezoo {imagezoo.__version__} at {git_revision()}",
-        "- Weights: akamaster/pytorch_resnet_cifar10 (Yerlan Idelbayev, BSD-2-Clause), "
-        "the files pinned in `weights/published.py`, loaded as published (legacy torch.save "
-        "pickles, `module.` prefixes, `linear` head)",
-        f"- Test images: {count:,} of {describe_data(data)}",
-        "- Preprocessing: the card's, as the publisher's `trainer.py` tests: the 32x32 image as "
-        "it is, ToTensor, Normalize(mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225))",
+def report(rows: list[Row], data, count: int, other: OtherLoad) -> str:
+    lines = report_header(
+        "CIFAR-10 ResNets of the ResNet paper: published weights on real images",
+        "bench_cifar.py", [
+            f"CPU: {machine_cpu()}, {torch.get_num_threads()} intra-op threads; "
+            f"other processes used {other.share():.0%} of the machine during the run",
+            versions("torch", python=False),
+            "Weights: akamaster/pytorch_resnet_cifar10 (Yerlan Idelbayev, BSD-2-Clause), "
+            "the files pinned in `weights/published.py`, loaded as published (legacy torch.save "
+            "pickles, `module.` prefixes, `linear` head)",
+            f"Test images: {count:,} of {describe_data(data)}",
+            "Preprocessing: the card's, as the publisher's `trainer.py` tests: the 32x32 image as "
+            "it is, ToTensor, Normalize(mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225))",
+        ])
+    lines += [
         "",
         "Errors are top-1 test errors in %. Paper: He et al. 2015, Table 6. Publisher: the "
         "README of akamaster/pytorch_resnet_cifar10 (both on the original 10,000 test "
@@ -249,11 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in models:
             rows.append(bench_model(name, dataset, weights_dir, x, rounds=5 if args.quick else 20))
     count = count or rows[0].eager.count
-    command = "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    text = report(rows, dataset if args.quick else data, count, command, other)
-    print(text)
-    args.out.write_text(text, encoding="utf-8")
-    log(f"wrote {args.out}")
+    write_report(report(rows, dataset if args.quick else data, count, other), args.out)
     return 0
 
 

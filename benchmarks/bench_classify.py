@@ -26,24 +26,15 @@ can still be recognised.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import math
 import os
-import platform
-import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
 
-import numpy as np
-import PIL
 import torch
 from PIL import Image
 from torch import nn
@@ -52,14 +43,18 @@ import imagezoo
 from imagezoo.data.batches import default_workers
 from imagezoo.data.transforms import preprocess_image
 
+# What every benchmark shares (this script's folder is on sys.path when it runs as a script).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (BENCHMARKS, BUSY_SHARE, JPEG_QUALITY, PHOTO_SIZE, OtherLoad,  # noqa: E402
+                     QuietWaiter, bench_arguments, iterations_for, log, machine_cpu,
+                     make_photos, measure_quietly, other_load_fact, read_all, report_header,
+                     time_alternating, versions, warm_up, write_report)
+
 # Model name -> the ``weights`` argument of ``load_model``. Only efficientnet_lite0 ships
 # weights; random ones run at exactly the same speed, which is all that is measured here.
 MODELS: dict[str, str | None] = {"efficientnet_lite0": None, "resnet50": "random"}
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
-PHOTO_SIZE = (1600, 1200)
-BUSY_SHARE = 0.05   # other processes' share of the CPU above which the report warns
-JPEG_QUALITY = 90
+DEFAULT_OUT = BENCHMARKS / "RESULTS.md"
 
 
 @dataclass(frozen=True)
@@ -103,28 +98,6 @@ class Timing:
         return statistics.median(self.seconds) / min(self.seconds) - 1.0
 
 
-class OtherLoad:
-    """Measures the CPU time other processes take from the moment it is created.
-
-    All busy CPU time on the machine (from /proc/stat) minus this process's and its finished
-    children's (the DataLoader workers are joined, so they count as ours).
-    """
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.machine = machine_cpu_seconds()
-        self.own = own_cpu_seconds()
-
-    def cpu_seconds(self) -> float:
-        used = (machine_cpu_seconds() - self.machine) - (own_cpu_seconds() - self.own)
-        return max(0.0, used)   # tick rounding can make it slightly negative
-
-    def share(self) -> float:
-        """Other processes' CPU time as a share of all the cores' time so far."""
-        wall = time.perf_counter() - self.started
-        return self.cpu_seconds() / (wall * (os.cpu_count() or 1))
-
-
 @dataclass
 class ModelOnlyRow:
     model: str
@@ -146,99 +119,6 @@ class EndToEndRow:
     baseline_model_only: float
     top1_agreement: int             # images where both sides picked the same class
     other_share: float
-
-
-# ---------------------------------------------------------------------------- timing helpers
-
-def warm_up(call: Callable[[], object], seconds: float) -> float:
-    """Run ``call`` until ``seconds`` have passed (at least once); return the last call's time.
-
-    The first calls of a module allocate buffers and pick kernels, so they are not timed.
-    """
-    started = time.perf_counter()
-    while True:
-        call_start = time.perf_counter()
-        call()
-        last = time.perf_counter() - call_start
-        if time.perf_counter() - started >= seconds:
-            return last
-
-
-def iterations_for(call_seconds: float, settings: Settings) -> int:
-    """Enough calls to fill the target time, within the configured bounds."""
-    wanted = math.ceil(settings.target_seconds / max(call_seconds, 1e-9))
-    return max(settings.min_iterations, min(settings.max_iterations, wanted))
-
-
-def time_alternating(first: Callable[[], object], second: Callable[[], object],
-                     rounds: int) -> tuple[list[float], list[float]]:
-    """Time both calls once per round, swapping which goes first every round.
-
-    Interleaving spreads any drift (other processes, CPU clock changes) over both sides, and
-    swapping the order cancels any advantage of running right after the other one.
-    """
-    times: tuple[list[float], list[float]] = ([], [])
-    for round_index in range(rounds):
-        order = ((0, first), (1, second)) if round_index % 2 == 0 else ((1, second), (0, first))
-        for side, call in order:
-            start = time.perf_counter()
-            call()
-            times[side].append(time.perf_counter() - start)
-    return times
-
-
-Row = TypeVar("Row", ModelOnlyRow, EndToEndRow)
-
-
-def wait_for_quiet(max_seconds: float, window: float = 3.0) -> bool:
-    """Sleep until other processes have left the CPU (nearly) idle for ``window`` seconds.
-
-    Gives up after ``max_seconds``; returns whether a quiet window was found.
-    """
-    deadline = time.perf_counter() + max_seconds
-    while time.perf_counter() < deadline:
-        other = OtherLoad()
-        time.sleep(window)
-        if other.share() <= BUSY_SHARE:
-            return True
-    return False
-
-
-class QuietWaiter:
-    """Waits for quiet moments before measurements, within one budget for the whole run."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.per_wait = settings.quiet_wait_seconds
-        self.remaining = settings.quiet_wait_budget
-
-    def wait(self) -> None:
-        limit = min(self.per_wait, self.remaining)
-        if limit <= 0:
-            return
-        started = time.perf_counter()
-        if not wait_for_quiet(limit):
-            log(f"  other processes kept the CPU busy for {limit:.0f} s; measuring anyway")
-        self.remaining -= time.perf_counter() - started
-
-
-def measure_quietly(measure: Callable[[], Row], attempts: int, waiter: QuietWaiter) -> Row:
-    """Measure a row, again (up to ``attempts`` times) while other processes disturb it.
-
-    Keeps the least disturbed attempt; its ``other_share`` goes into the report either way.
-    A retry is only worth it when there was time to wait for the disturbance to pass.
-    """
-    best: Row | None = None
-    for attempt in range(attempts):
-        waiter.wait()
-        row = measure()
-        if best is None or row.other_share < best.other_share:
-            best = row
-        if row.other_share <= BUSY_SHARE or waiter.remaining <= 0:
-            break
-        if attempt + 1 < attempts:
-            log(f"  other processes took {row.other_share:.0%} of the CPU; measuring again")
-    assert best is not None
-    return best
 
 
 # ---------------------------------------------------------------------------- model only
@@ -271,25 +151,6 @@ def bench_model_only(name: str, model: nn.Module, batch: int, settings: Settings
 
 # ---------------------------------------------------------------------------- end to end
 
-def make_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """Write ``count`` photo-sized JPEGs of smooth random content (two octaves of noise).
-
-    Upscaled coarse noise gives photo-like smooth regions; a finer octave adds some texture so
-    the files are not unrealistically small to decode.
-    """
-    rng = np.random.default_rng(seed)
-    paths = []
-    for index in range(count):
-        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
-        fine = Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8))
-        image = Image.blend(coarse.resize(PHOTO_SIZE, Image.Resampling.BICUBIC),
-                            fine.resize(PHOTO_SIZE, Image.Resampling.BICUBIC), 0.25)
-        path = folder / f"photo_{index:03d}.jpg"
-        image.save(path, quality=JPEG_QUALITY)
-        paths.append(path)
-    return paths
-
-
 def imagezoo_end_to_end(model: nn.Module, sources: str | list[str], batch: int) -> list[int]:
     """imagezoo's own path: sources -> DataLoader workers decode/resize -> batched forward."""
     results = imagezoo.classify(model, sources, batch_size=batch)
@@ -317,12 +178,6 @@ def baseline_end_to_end(model: nn.Module, paths: list[Path], batch: int) -> list
             _, classes = torch.softmax(logits.float(), dim=1).topk(5, dim=1)
             top1.extend(int(c) for c in classes[:, 0])
     return top1
-
-
-def read_all(paths: list[Path]) -> None:
-    # Both sides should read the JPEGs from the page cache, not from disk.
-    for path in paths:
-        path.read_bytes()
 
 
 def bench_end_to_end(name: str, model: nn.Module, folder: Path, paths: list[Path],
@@ -355,70 +210,26 @@ def bench_end_to_end(name: str, model: nn.Module, folder: Path, paths: list[Path
 
 # ---------------------------------------------------------------------------- report
 
-def machine_cpu_seconds() -> float:
-    """CPU time used by everything on the machine since boot (busy and stolen, from /proc/stat)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return float("nan")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU time of this process plus its finished children (the DataLoader workers)."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
-
-
-def cpu_model() -> str:
-    from imagezoo.engine import cpu_model as engine_cpu_model
-    return engine_cpu_model()
-
-
-def git_revision() -> str:
-    try:
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                  text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=Path(__file__).parent).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return revision + (" (with uncommitted changes)" if dirty.strip() else "")
-
-
 def machine_header(settings: Settings, quick: bool, photo_bytes: float, load_before: float,
                    other: OtherLoad, disturbed: list[str]) -> str:
-    command = "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    lines = [
-        "# imagezoo classification benchmark",
-        "",
-        "Written by `benchmarks/bench_classify.py`; rerun it to refresh (the file is overwritten).",
-        "",
-        "The other benchmarks write beside it: [RESULTS-engine.md](RESULTS-engine.md) (the "
-        "inference engines of `imagezoo.optimize` against eager PyTorch, ONNX Runtime and "
-        "OpenVINO, the end-to-end rate and the speed targets; `bench_engine.py`), "
-        "[RESULTS-features.md](RESULTS-features.md) (features on those engines; "
-        "`bench_features.py`) and "
-        "[RESULTS-finetune.md](RESULTS-finetune.md) (`bench_finetune.py`).",
-        "",
-        f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- Command: `{command}`" + (" (quick smoke run: smaller batches and fewer images, "
-                                     "figures not representative)" if quick else ""),
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores (os.cpu_count), no GPU used",
-        f"- Other load: 1-minute load average {load_before:.2f} before the run and "
-        f"{os.getloadavg()[0]:.2f} after; other processes used {other.cpu_seconds():.0f} "
-        f"CPU-s during it ({other.share():.0%} of the machine, counting any time spent "
-        f"waiting for them to stop; per row in the tables)",
-        f"- Python {platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} intra-op threads), Pillow {PIL.__version__}, "
-        f"numpy {np.__version__}, imagezoo {imagezoo.__version__} at {git_revision()}",
-        f"- End-to-end input: {settings.image_count} generated {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} "
-        f"JPEGs (quality {JPEG_QUALITY}, mean {photo_bytes / 1024:.0f} KiB)",
-    ]
+    lines = report_header(
+        "imagezoo classification benchmark", "bench_classify.py", [
+            f"CPU: {machine_cpu()} (os.cpu_count), no GPU used",
+            other_load_fact(load_before, other, ", counting any time spent waiting for them to "
+                                                "stop; per row in the tables"),
+            versions("torch", "PIL", "numpy",
+                     torch_threads=f"{torch.get_num_threads()} intra-op threads"),
+            f"End-to-end input: {settings.image_count} generated {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} "
+            f"JPEGs (quality {JPEG_QUALITY}, mean {photo_bytes / 1024:.0f} KiB)",
+        ], command_note=(" (quick smoke run: smaller batches and fewer images, figures not "
+                         "representative)" if quick else ""),
+        preface=[
+            "The other benchmarks write beside it: [RESULTS-engine.md](RESULTS-engine.md) (the "
+            "inference engines of `imagezoo.optimize` against eager PyTorch, ONNX Runtime and "
+            "OpenVINO, the end-to-end rate and the speed targets; `bench_engine.py`), "
+            "[RESULTS-features.md](RESULTS-features.md) (features on those engines; "
+            "`bench_features.py`) and "
+            "[RESULTS-finetune.md](RESULTS-finetune.md) (`bench_finetune.py`)."])
     if disturbed:
         lines += ["", f"**Warning:** other processes took over {BUSY_SHARE:.0%} of the CPU "
                       f"during every attempt at: {', '.join(disturbed)}. Those rows (see their "
@@ -482,22 +293,8 @@ def end_to_end_table(rows: list[EndToEndRow]) -> str:
 
 # ---------------------------------------------------------------------------- main
 
-def bench_arguments(doc: str, quick_help: str, default_out: Path,
-                    argv: list[str] | None = None) -> argparse.Namespace:
-    """``--quick`` and ``--out``, the options every benchmark script takes."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick_help}")
-    parser.add_argument("--out", type=Path, default=default_out,
-                        help=f"where to write the Markdown results (default: {default_out})")
-    return parser.parse_args(argv)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return bench_arguments(__doc__, "batch 1 and 8, 16 images, few iterations", DEFAULT_OUT, argv)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -542,10 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         end_to_end_table(end_to_end),
         f"Total benchmark time: {wall:.0f} s.",
     ]) + "\n"
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report, encoding="utf-8")
-    log(f"wrote {args.out}")
+    write_report(report, args.out)
     return 0
 
 

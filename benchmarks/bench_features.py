@@ -13,10 +13,8 @@ depend on their values.
 """
 from __future__ import annotations
 
-import datetime
 import os
 import random
-import shlex
 import sys
 import tempfile
 import time
@@ -31,11 +29,12 @@ from imagezoo.engine import layer_engine
 from imagezoo.models.layers import resolve_layers
 from imagezoo.tasks.features import features_of_batch
 
+# What every benchmark shares (this script's folder is on sys.path when it runs as a script).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_classify import (OtherLoad, bench_arguments, cpu_model, git_revision,  # noqa: E402
-                            log)
+from harness import (BENCHMARKS, OtherLoad, bench_arguments, log, machine_cpu,  # noqa: E402
+                     report_header, versions, write_report)
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS-features.md"
+DEFAULT_OUT = BENCHMARKS / "RESULTS-features.md"
 CASES = [  # model, weights, layers (a block's maps and the pooled vector, a typical request)
     ("resnet50", "random", ["layer4", "avgpool"]),
     ("resnet152", "random", ["layer4", "avgpool"]),
@@ -84,17 +83,14 @@ def bench_case(name: str, weights: str | None, layers: list[str], batch: int, ro
     return result
 
 
-def report(results: list[Result], command: str, other: OtherLoad) -> str:
-    lines = [
-        "# imagezoo features benchmark: compiled engines against the hooks",
-        "",
-        "Written by `benchmarks/bench_features.py`; rerun it to refresh (the file is overwritten).",
-        "",
-        f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- Command: `{command}`",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} intra-op threads",
-        f"- torch {torch.__version__}, imagezoo {imagezoo.__version__} at {git_revision()}",
-        f"- Other processes used {other.share():.0%} of the machine during the run",
+def report(results: list[Result], other: OtherLoad) -> str:
+    lines = report_header(
+        "imagezoo features benchmark: compiled engines against the hooks", "bench_features.py", [
+            f"CPU: {machine_cpu()}, {torch.get_num_threads()} intra-op threads",
+            versions("torch", python=False),
+            f"Other processes used {other.share():.0%} of the machine during the run",
+        ])
+    lines += [
         "",
         "Model only: a random batch at 224x224, `features_of_batch(..., pool='avg')` (layers' "
         "values, then average pooling). img/s from each contender's fastest call. Set-up: the "
@@ -128,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, weights, layers in cases:
             log(f"{name}: {', '.join(layers)}")
             results.append(bench_case(name, weights, layers, batch=8, rounds=rounds))
-    command = "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    text = report(results, command, other)
-    print(text)
-    args.out.write_text(text, encoding="utf-8")
-    log(f"wrote {args.out}")
+    write_report(report(results, other), args.out)
     return 0
 
 

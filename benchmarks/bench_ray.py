@@ -22,10 +22,7 @@ seconds, and the fixed part of it is measured on 8 images.
 """
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -33,13 +30,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# What every benchmark shares (this script's folder is on sys.path when it runs as a script).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_classify import (JPEG_QUALITY, PHOTO_SIZE, bench_arguments, cpu_model,  # noqa: E402
-                            git_revision, log, make_photos, read_all, time_alternating)
+from harness import (BENCHMARKS, JPEG_QUALITY, PHOTO_SIZE, bench_arguments, load_average,  # noqa: E402
+                     log, machine_cpu, make_photos, read_all, report_header, time_alternating,
+                     versions, write_report)
 
 import imagezoo  # noqa: E402
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS-ray.md"
+DEFAULT_OUT = BENCHMARKS / "RESULTS-ray.md"
 BACKEND = "onnxruntime"
 BATCH = 8
 # Model -> load_model's weights (random ones run exactly as fast; only speed is measured).
@@ -125,30 +124,23 @@ def bench_model(name: str, weights: str | None, folder: Path, paths: list[Path],
 
 def report(rows: list[Row], args, ray_start: float, load_before: float, photo_bytes: float,
            wall: float, rounds: int) -> str:
-    import ray
-    command = "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     from imagezoo.ray import DECODE_CPUS, THREADS_PER_ACTOR_CPU
-    lines = [
-        "# imagezoo on Ray Data: Ray local against the single process",
-        "",
-        "Written by `benchmarks/bench_ray.py`; rerun it to refresh (the file is overwritten).",
-        "",
-        f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- Command: `{command}`" + (" (quick run: 200 images, one round)" if args.quick else ""),
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores (os.cpu_count), no GPU",
-        f"- Load: 1-minute load average {load_before:.2f} before the run and "
-        f"{os.getloadavg()[0]:.2f} after (this machine is shared with other jobs; Ray's own "
-        f"worker processes cannot be told apart from them, so no per-row share is given)",
-        f"- Python {platform.python_version()}, ray {ray.__version__}, "
-        f"imagezoo {imagezoo.__version__} at {git_revision()}",
-        f"- Input: {rows[0].images} generated {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs (quality "
-        f"{JPEG_QUALITY}, mean {photo_bytes / 1024:.0f} KiB) in one folder, read once before "
-        f"timing so both sides find them in the page cache",
-        f"- Engine: `imagezoo.optimize(model, backend=\"{BACKEND}\", batch_size={BATCH})` on both "
-        f"sides (exact float32), batch {BATCH}",
-        f"- Ray: a local instance, `ray.init(num_cpus={os.cpu_count()})`, started once in "
-        f"{ray_start:.1f} s (not in the figures); one model actor (1 CPU, "
-        f"{THREADS_PER_ACTOR_CPU} threads), decode tasks of {DECODE_CPUS} CPU; Parquet out",
+    lines = report_header(
+        "imagezoo on Ray Data: Ray local against the single process", "bench_ray.py", [
+            f"CPU: {machine_cpu()} (os.cpu_count), no GPU",
+            f"Load: {load_average(load_before)} (this machine is shared with other jobs; Ray's own "
+            f"worker processes cannot be told apart from them, so no per-row share is given)",
+            versions("ray"),
+            f"Input: {rows[0].images} generated {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs (quality "
+            f"{JPEG_QUALITY}, mean {photo_bytes / 1024:.0f} KiB) in one folder, read once before "
+            f"timing so both sides find them in the page cache",
+            f"Engine: `imagezoo.optimize(model, backend=\"{BACKEND}\", batch_size={BATCH})` on both "
+            f"sides (exact float32), batch {BATCH}",
+            f"Ray: a local instance, `ray.init(num_cpus={os.cpu_count()})`, started once in "
+            f"{ray_start:.1f} s (not in the figures); one model actor (1 CPU, "
+            f"{THREADS_PER_ACTOR_CPU} threads), decode tasks of {DECODE_CPUS} CPU; Parquet out",
+        ], command_note=" (quick run: 200 images, one round)" if args.quick else "")
+    lines += [
         "",
         f"Each side timed as a command runs, from loading the model to the last result; "
         f"{rounds} round(s) per side, alternating, each side's fastest counted. Overhead = Ray's "
@@ -206,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     text = report(rows, args, ray_start, load_before, photo_bytes,
                   time.perf_counter() - started, rounds)
-    print(text)
-    args.out.write_text(text, encoding="utf-8")
-    log(f"wrote {args.out}")
+    write_report(text, args.out)
     return 0
 
 

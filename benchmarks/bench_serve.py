@@ -32,10 +32,8 @@ once its engine is in the cache.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import io
 import os
-import shlex
 import signal
 import statistics
 import subprocess
@@ -45,18 +43,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 import imagezoo
 from imagezoo.serve.limits import (MAX_PIXELS_IN_FLIGHT, MAX_QUEUE, MAX_WAIT_MS, REQUEST_TIMEOUT,
                                    RETRY_AFTER)
 
+# What every benchmark shares (this script's folder is on sys.path when it runs as a script).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_classify import (bench_arguments, cpu_model, git_revision, log,  # noqa: E402
-                            machine_cpu_seconds, own_cpu_seconds)
+from harness import (BENCHMARKS, OtherLoad, bench_arguments, log, machine_cpu,  # noqa: E402
+                     report_header, versions, write_report)
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS-serve.md"
+DEFAULT_OUT = BENCHMARKS / "RESULTS-serve.md"
 RESOURCES = Path(imagezoo.__file__).parent / "resources"
 PHOTOS = [RESOURCES / name for name in ("astronaut.jpg", "coffee.jpg", "rocket.jpg", "cat.png")]
 MODEL = "efficientnet_lite0"
@@ -170,11 +168,6 @@ def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
     return float("nan")
 
 
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class Server:
     def __init__(self, max_batch: int):
         self.process = subprocess.Popen([sys.executable, "-c", SERVER, MODEL, str(max_batch),
@@ -251,28 +244,13 @@ class Level:
     ceiling: float            # in-process img/s, measured in rounds alternating with these
 
 
-class OtherCpu:
-    """CPU taken by processes other than this one and the server, over a stretch."""
-
-    def __init__(self, server_pid: int):
-        self.server_pid = server_pid
-        self.start = (time.perf_counter(), machine_cpu_seconds(), own_cpu_seconds(),
-                      process_cpu_seconds(server_pid))
-
-    def share(self) -> float:
-        wall0, machine0, own0, server0 = self.start
-        other = (machine_cpu_seconds() - machine0) - (own_cpu_seconds() - own0) \
-            - (process_cpu_seconds(self.server_pid) - server0)
-        return max(0.0, other) / ((time.perf_counter() - wall0) * (os.cpu_count() or 1))
-
-
 async def drive(server: Server, label: str, requests: list[bytes], concurrency: int,
                 rounds: int, warmup: float, seconds: float, model, paths: list[Path]) -> Level:
     """``rounds`` of (in-process classification of ``paths``, then the server at
     ``concurrency`` for ``warmup`` + ``seconds``)."""
     samples: list[float] = []
     outcomes: list[Outcome] = []
-    other = OtherCpu(server.pid)
+    other = OtherLoad(ours=[server.pid])   # CPU of processes other than this one and the server
     in_process_seconds = 0.0
     for _ in range(rounds):
         in_process_seconds += in_process_round(model, paths)
@@ -360,28 +338,23 @@ async def memory_run(server: Server, big: bytes, photo: bytes) -> MemoryRun:
 
 # ------------------------------------------------------------------------------ report
 
-def report(command: str, levels: list[Level],
+def report(levels: list[Level],
            memory: MemoryRun, exit_codes: list[int], photo_bytes: int, wall: float) -> str:
     batched = {level.concurrency: level for level in levels if level.server == "batched"}
     single = {level.concurrency: level for level in levels if level.server == "one at a time"}
-    lines = [
-        "# imagezoo serve benchmark: the server under load",
-        "",
-        "Written by `benchmarks/bench_serve.py`; rerun it to refresh (the file is overwritten).",
-        "",
-        f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- Command: `{command}`",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores (shared with the load generator), "
-        f"no GPU",
-        f"- torch {torch.__version__}, imagezoo {imagezoo.__version__} at {git_revision()}",
-        f"- Model: {MODEL}, float32, backend {BACKEND} (`imagezoo.optimize(precision="
+    lines = report_header("imagezoo serve benchmark: the server under load", "bench_serve.py", [
+        f"CPU: {machine_cpu()} (shared with the load generator), no GPU",
+        versions("torch", python=False),
+        f"Model: {MODEL}, float32, backend {BACKEND} (`imagezoo.optimize(precision="
         f"'exact', backend='{BACKEND}')`, the same in-process and in the server)",
-        f"- Photos: {', '.join(p.name for p in PHOTOS)} sent in turn (mean "
+        f"Photos: {', '.join(p.name for p in PHOTOS)} sent in turn (mean "
         f"{photo_bytes / 1024:.0f} KiB)",
-        f"- Server defaults: max_queue {MAX_QUEUE} images, {MAX_PIXELS_IN_FLIGHT / 1e6:g} "
+        f"Server defaults: max_queue {MAX_QUEUE} images, {MAX_PIXELS_IN_FLIGHT / 1e6:g} "
         f"megapixels in flight, max_wait {MAX_WAIT_MS:g} ms, timeout {REQUEST_TIMEOUT:g} s; "
         f"clients wait Retry-After ({RETRY_AFTER} s) after a 503",
-        f"- Server exit codes on SIGTERM: {', '.join(map(str, exit_codes))}",
+        f"Server exit codes on SIGTERM: {', '.join(map(str, exit_codes))}",
+    ])
+    lines += [
         "",
         "## Throughput and latency",
         "",
@@ -482,18 +455,14 @@ async def run(args) -> str:
     memory = await memory_run(server, big_png_cache, photos[0])
     exit_codes.append(server.stop())
 
-    command = "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    return report(command, levels, memory, exit_codes,
+    return report(levels, memory, exit_codes,
                   statistics.mean(map(len, photos)), time.perf_counter() - began)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = bench_arguments(__doc__, "2 rounds of 3 s per level instead of 3 of 5 s",
                            DEFAULT_OUT, argv)
-    text = asyncio.run(run(args))
-    print(text)
-    args.out.write_text(text, encoding="utf-8")
-    log(f"wrote {args.out}")
+    write_report(asyncio.run(run(args)), args.out)
     return 0
 
 
