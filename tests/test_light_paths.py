@@ -86,25 +86,31 @@ def test_evaluate_without_torch_on_cifar10_arrays(tmp_path):
     assert without.count == 23
 
 
-def test_the_evaluate_command_runs_without_torch_once_the_engine_is_cached(tmp_path,
-                                                                            class_folders):
+def test_the_evaluate_command_runs_without_torch_fresh_and_once_the_engine_is_cached(
+        tmp_path, class_folders):
     env = {**os.environ, "IMAGEZOO_CACHE": str(tmp_path), "IMAGEZOO_BACKEND": "auto",
            "IMAGEZOO_BACKGROUND_ENGINES": "0"}
 
-    def run(*probe: str) -> subprocess.CompletedProcess:
+    def run(options: list[str], *probe: str) -> subprocess.CompletedProcess:
         code = ("import sys\nfrom imagezoo.cli import main\n"
-                f"status = main(['evaluate', {str(class_folders)!r}, '--json'])\n" + "\n".join(probe)
-                + "\nsys.exit(status)")
+                f"status = main(['evaluate', {str(class_folders)!r}, '--json', *{options!r}])\n"
+                + "\n".join(probe) + "\nsys.exit(status)")
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               cwd=ROOT, timeout=300, env=env)
-    first = run("assert 'torch' in sys.modules")
-    assert first.returncode == 1, first.stderr     # 1: two files could not be read
+    with_torch = run(["--backend", "torch"], "assert 'torch' in sys.modules")
+    assert with_torch.returncode == 1, with_torch.stderr     # 1: two files could not be read
+    # An empty cache: the shipped graph of the architecture with the bundled weights.
+    fresh = run([], "assert 'torch' not in sys.modules, 'torch was imported'")
+    assert fresh.returncode == 1, fresh.stderr
+    assert "imagezoo's graph of efficientnet_lite0" in fresh.stderr
     subprocess.run([sys.executable, "-m", "imagezoo", "engines", "--prepare", "--batch-size", "8"],
                    check=True, capture_output=True, cwd=ROOT, env=env, timeout=600)
-    second = run("assert 'torch' not in sys.modules, 'torch was imported'")
-    assert second.returncode == 1, second.stderr
-    assert json.loads(second.stdout) == json.loads(first.stdout)
-    assert "broken.jpg" in second.stderr and "empty.png" in second.stderr
+    cached = run([], "assert 'torch' not in sys.modules, 'torch was imported'")
+    assert cached.returncode == 1, cached.stderr
+    assert "imagezoo's graph" not in cached.stderr
+    for run_ in (fresh, cached):
+        assert json.loads(run_.stdout) == json.loads(with_torch.stdout)
+        assert "broken.jpg" in run_.stderr and "empty.png" in run_.stderr
 
 
 SERVE_PROBE = """

@@ -20,7 +20,7 @@ import imagezoo
 from imagezoo.cli import main
 from imagezoo.data.transforms import Preprocess, preprocess_array, preprocess_ten_crop_array
 from imagezoo.engine import optimize
-from imagezoo.engine.light import find_light_engine
+from imagezoo.engine.light import CACHED_ENGINE, find_light_engine
 from imagezoo.engine.optimizer import engine_cache, is_tuned, tuning_file
 from imagezoo.tasks.light_classify import classify_light
 
@@ -120,10 +120,11 @@ def test_the_torch_free_path_gives_the_torch_paths_results(tmp_path, monkeypatch
     monkeypatch.setenv("IMAGEZOO_BACKEND", "auto")
     monkeypatch.setenv("IMAGEZOO_BACKGROUND_ENGINES", "0")
     lite0 = imagezoo.load_model("efficientnet_lite0")
-    assert find_light_engine(None, None, "exact", "auto", 1) is None  # nothing cached yet
+    # Nothing cached yet: the shipped graph with the bundled weights, not a cached engine.
+    assert find_light_engine(None, None, "exact", "auto", 1).origin != CACHED_ENGINE
     engine = optimize(lite0, backend="onnxruntime", batch_size=2)
     light = find_light_engine(None, None, "exact", "auto", 2)
-    assert light is not None and light.card.labels == lite0.card.labels
+    assert light.origin == CACHED_ENGINE and light.card.labels == lite0.card.labels
     photos = [str(CAT_PHOTO), *sorted(str(p) for p in (ROOT / "src/imagezoo/resources").glob("*.jpg"))]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a photo")

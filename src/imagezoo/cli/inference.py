@@ -78,9 +78,13 @@ def light_engine_from_args(args: argparse.Namespace, count: int):
         return None
     if getattr(args, "pretrained", None):
         return None
-    from ..engine.light import find_light_engine
+    from ..engine.light import CACHED_ENGINE, find_light_engine
     batch_size = max(1, min(args.batch_size, count))
-    return find_light_engine(args.model, args.weights, args.precision, args.backend, batch_size)
+    engine = find_light_engine(args.model, args.weights, args.precision, args.backend, batch_size)
+    if engine is not None and engine.origin != CACHED_ENGINE:
+        # A first run on the shipped graph: say so, as the rule-chosen engines do.
+        print(f"imagezoo: running on {engine.backend} ({engine.origin})", file=sys.stderr)
+    return engine
 
 
 def _gpu_present() -> bool:

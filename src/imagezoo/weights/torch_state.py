@@ -32,7 +32,6 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
-import re
 import zipfile
 from pathlib import Path
 
@@ -41,51 +40,13 @@ from torch import nn
 
 from ..errors import WeightsError, WeightsMismatchError
 
-SAFETENSORS_SUFFIX = ".safetensors"
-# Keys torchvision writes but a model may legitimately lack in another file (older
-# checkpoints predate them); their absence never changes the outputs in eval mode.
-OPTIONAL_SUFFIXES = (".num_batches_tracked",)
-
-
-def looks_like_safetensors(path: Path) -> bool:
-    """safetensors: an 8-byte little-endian header length followed by a JSON object."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
-
-
-ZIP_LOCAL_HEADER = b"PK\x03\x04"
-PICKLE_PROTO = b"\x80"          # pickle protocol 2+ opens with the PROTO opcode
-LEGACY_PICKLES = 5              # magic number, protocol, sys_info, object, storage keys
-
-
-def looks_like_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive (since 1.6) or, before that, a raw pickle stream; a
-    zip cut short has no central directory left, but still starts with a local file header."""
-    if zipfile.is_zipfile(path):
-        return True
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(ZIP_LOCAL_HEADER))
-    except OSError:
-        return False
-    return head.startswith(ZIP_LOCAL_HEADER) or head[:1] == PICKLE_PROTO
-
-
-def is_torchscript_file(path: str | Path) -> bool:
-    """A ``torch.jit.save`` archive: a zip with ``<name>/constants.pkl`` or ``<name>/code/``
-    records (what ``torch.load`` itself checks before it dispatches to ``torch.jit.load``)."""
-    try:
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-    return any(name.endswith("/constants.pkl") or "/code/" in name for name in names)
+# The facts about these files that need no PyTorch are kept in numpy_state, which reads them
+# without it; both readers share them so that they name tensors the same way.
+from .numpy_state import (  # noqa: E402,F401 (re-exported)
+    LEGACY_PICKLES, OPTIONAL_SUFFIXES, PICKLE_PROTO, SAFETENSORS_SUFFIX, ZIP_LOCAL_HEADER,
+    is_torchscript_file, looks_like_safetensors, looks_like_torch_file, publisher_names,
+    state_dict_of,
+)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -183,38 +144,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _unwrap(loaded, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(loaded, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(loaded.get(key), dict):
-                loaded = loaded[key]
-                break
-    if not isinstance(loaded, dict) or not loaded:
-        raise WeightsError(f"{path}: holds no state dict (a dict of tensors)")
-    tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise WeightsError(f"{path}: holds no tensors")
-    if all(name.startswith("module.") for name in tensors):
-        tensors = {name[len("module."):]: value for name, value in tensors.items()}
-    return publisher_names(tensors)
-
-
-_SHORTCUT = re.compile(r"^(layer\d+\.\d+\.)shortcut\.(\d+\.)")
-
-
-def publisher_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A ResNet state dict in akamaster/pytorch_resnet_cifar10's names (head ``linear``,
-    projection shortcuts ``shortcut.0``/``shortcut.1``) in imagezoo's (``fc``,
-    ``downsample.0``/``downsample.1``); any other state dict is returned as it is."""
-    if not ("conv1.weight" in tensors and "linear.weight" in tensors
-            and not any(name.startswith("fc.") for name in tensors)):
-        return tensors
-    renamed = {}
-    for name, value in tensors.items():
-        if name.startswith("linear."):
-            name = "fc." + name[len("linear."):]
-        name = _SHORTCUT.sub(r"\1downsample.\2", name)
-        renamed[name] = value
-    return renamed
+    return state_dict_of(loaded, path, lambda value: isinstance(value, torch.Tensor))
 
 
 def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
