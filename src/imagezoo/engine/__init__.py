@@ -6,7 +6,9 @@
 
 The package's modules: ``optimizer.py`` (checks, the guard, tuning), ``backends.py`` (each
 backend's runner), ``records.py`` (the cache's JSON records, readable without PyTorch),
-``light.py`` (a cached ONNX Runtime engine run without PyTorch), ``fold.py`` and
+``light.py`` (an ONNX Runtime engine run without PyTorch: the cached one, else the shipped
+graph of the architecture filled with the weights), ``graphs.py`` (those weightless graphs),
+``fold.py`` and
 ``layer_engines.py``. Names are imported from them on first use, so that importing
 ``imagezoo.engine.records`` or ``imagezoo.engine.light`` does not import PyTorch.
 """
