@@ -1,6 +1,7 @@
 """The start-up benchmark's process cases (``bench_startup.py``): the commands' environment and
 caches, the `python -X importtime` and cProfile breakdowns, the hand-written baseline script, the
-script timing the warm command's steps, and the cases themselves."""
+script timing the warm command's steps, the script saving a model folder of one's own, and the
+cases themselves."""
 from __future__ import annotations
 
 import os
@@ -21,7 +22,14 @@ LABELS = REPO / "src" / "imagezoo" / "resources" / "imagenet_classes.txt"
 IMAGEZOO = str(VENV_BIN / "imagezoo")
 BACKGROUND_ENV = "IMAGEZOO_BACKGROUND_ENGINES"
 EAGER_NOTE = re.compile(r"running on torch \(eager PyTorch: ")
+# A first run of a registry model on the weightless graph shipped in the package
+# (engine/light.py ``_shipped_graph_engine``, cli/inference.py ``light_engine_from_args``).
+SHIPPED_NOTE = re.compile(r"running on onnxruntime \(imagezoo's graph of ")
+BACKGROUND_NOTE = re.compile(r"in the background")
 TIMING_NOTE = re.compile(r"timing backends|building and timing")
+# What a fresh run's stderr gets appended by ``run_case`` (checked by bench_startup.py).
+AFTER_RUN = ("[tuning files after the run: {}]", "[files in the cache after the run: {}]",
+             "[background preparations running after the run: {}]")
 
 
 # ---------------------------------------------------------------------------- processes
@@ -38,8 +46,18 @@ def environment(cache: Path | None = None, background: bool = True) -> dict[str,
 
 
 def tuning_files(cache: Path) -> int:
-    folder = cache / "engines" / "tuning"
+    return cache_files(cache / "engines" / "tuning")
+
+
+def cache_files(folder: Path) -> int:
+    """Files under ``folder`` (0 when it is not there)."""
     return sum(1 for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
+
+
+def help_files(cache: Path) -> list[Path]:
+    """The kept `imagezoo --help` texts in ``cache`` (cli/help_text.py)."""
+    folder = cache / ".help"
+    return sorted(folder.glob("*.txt")) if folder.is_dir() else []
 
 
 def background_processes(cache: Path) -> list[int]:
@@ -105,36 +123,69 @@ def importtime_run(arguments: list[str], env: dict[str, str],
     return run, import_report(run.stderr)
 
 
-# (file, function, what it is) of the fresh run's cProfile rows worth reporting; a function
-# that is not there (renamed) is left out of the table.
+# (key, file, function, caller, what it is) of the fresh run's cProfile rows worth reporting:
+# the default model's first run on the shipped graph. ``function`` may be a tuple of names (a
+# built-in's name depends on the build); with a ``caller`` (file, function), only the time
+# spent in calls from there. A function that is not there (renamed) is left out of the table.
+_SHIPPED = ("imagezoo/engine/light.py", "_shipped_graph_engine")
 FRESH_PROFILE_ROWS = (
-    ("imagezoo/cli/__init__.py", "main", "the whole command (under cProfile; its own overhead included)"),
-    ("imagezoo/tasks/classify.py", "<module>", "import imagezoo.tasks.classify (PyTorch and the model code)"),
-    ("imagezoo/cli/common.py", "model_from_args", "build the model, load and check the weight file"),
-    ("imagezoo/engine/optimizer.py", "optimize", "`optimize`: the rule's choice, the chosen (eager) engine built and checked"),
-    ("imagezoo/engine/optimizer.py", "check", "of which the check of that engine against eager PyTorch on the sample photos"),
-    ("imagezoo/engine/optimizer.py", "sample_inputs", "of which decoding the 4 sample photos and their mirror images"),
-    ("imagezoo/tasks/classify.py", "classify", "classify the photo (decode, forward, top-5)"),
+    ("command", "imagezoo/cli/__init__.py", "main", None,
+     "the whole command (under cProfile; its own overhead included)"),
+    ("import_data", "imagezoo/data/sources.py", "<module>", None,
+     "import imagezoo.data (decoding: Pillow, NumPy, pillow_heif, ...)"),
+    ("import_light", "imagezoo/engine/light.py", "<module>", None,
+     "import the engine records (imagezoo.engine.light, records)"),
+    ("find", "imagezoo/engine/light.py", "find_light_engine", None,
+     "`find_light_engine`: no engine recorded in the cache, so the shipped graph"),
+    ("import_ort", "onnxruntime/__init__.py", "<module>", None, "of which import onnxruntime"),
+    ("shipped", *_SHIPPED, None,
+     "of which `_shipped_graph_engine`: the graph of efficientnet_lite0 with its bundled weights"),
+    ("read_file", "pathlib.py", "read_bytes", _SHIPPED,
+     "of which reading the bundled weight file"),
+    ("hash", "~", ("<built-in function openssl_sha256>", "<built-in method _hashlib.openssl_sha256>",
+                   "<built-in method _sha256.sha256>", "<built-in method _sha2.sha256>"), _SHIPPED,
+     "of which hashing it (SHA-256, against the published one)"),
+    ("read_arrays", "imagezoo/weights/numpy_state.py", "read_arrays", None,
+     "of which `read_arrays`: its tensors as NumPy arrays, without PyTorch"),
+    ("graph_session", "imagezoo/engine/graphs.py", "graph_session", None,
+     "of which `graph_session`: the graph filled with them, the ONNX Runtime session created"),
+    ("classify", "imagezoo/tasks/light_classify.py", "classify_light", None,
+     "`classify_light`: classify the photo (decode, preprocess, run, top-5)"),
 )
 
 
-def fresh_profile(arguments: list[str], scratch: Path) -> list[tuple[str, float]]:
-    """One fresh-cache run of ``imagezoo ARGUMENTS`` under cProfile: (what, seconds) rows."""
+def profile_rows(stats: dict) -> list[tuple[str, str, float]]:
+    """(key, what, cumulative seconds) of ``FRESH_PROFILE_ROWS`` found in ``stats`` (a
+    ``pstats.Stats(...).stats``)."""
+    rows = []
+    for key, suffix, function, caller, label in FRESH_PROFILE_ROWS:
+        names = (function,) if isinstance(function, str) else function
+        times = []
+        for (filename, _, name), entry in stats.items():
+            if not (filename.endswith(suffix) and name in names):
+                continue
+            if caller is None:
+                times.append(entry[3])
+            else:
+                times += [sub[3] for (caller_file, _, caller_name), sub in entry[4].items()
+                          if caller_file.endswith(caller[0]) and caller_name == caller[1]]
+        if times:
+            rows.append((key, label, max(times) if caller is None else sum(times)))
+    return rows
+
+
+def fresh_profile(arguments: list[str], scratch: Path) -> list[tuple[str, str, float]]:
+    """One fresh-cache run of ``imagezoo ARGUMENTS`` under cProfile: (key, what, seconds)."""
     cache, profile = scratch / "fresh-profile", scratch / "fresh.prof"
     try:
         checked(run_process([sys.executable, "-m", "cProfile", "-o", str(profile), "-m",
-                             "imagezoo", *arguments], environment(cache, background=False)),
+                             "imagezoo", *arguments], environment(cache)),
                 "the fresh run under cProfile")
         stats = pstats.Stats(str(profile)).stats
     finally:
+        wait_for_background(cache)  # none is expected; never remove a cache in use
         shutil.rmtree(cache, ignore_errors=True)
-    rows = []
-    for suffix, function, label in FRESH_PROFILE_ROWS:
-        times = [entry[3] for (filename, _, name), entry in stats.items()
-                 if filename.endswith(suffix) and name == function]
-        if times:
-            rows.append((label, max(times)))
-    return rows
+    return profile_rows(stats)
 
 
 # ---------------------------------------------------------------------------- scripts
@@ -193,10 +244,10 @@ sources = expand_sources(args.inputs, all_files=args.all_files)
 mark("expand the inputs")
 import onnxruntime
 mark("import onnxruntime")
-from imagezoo.engine.light import find_light_engine
+from imagezoo.engine.light import CACHED_ENGINE, find_light_engine
 mark("import the engine records")
 engine = find_light_engine(args.model, args.weights, args.precision, args.backend, 1)
-assert engine is not None, "no cached engine"
+assert engine is not None and engine.origin == CACHED_ENGINE, "no cached engine"
 mark("find the cached engine, create the ONNX Runtime session")
 from imagezoo.tasks.light_classify import classify_light
 mark("import the light classify (tqdm, results)")
@@ -204,6 +255,14 @@ results = classify_light(engine, sources, top=5)
 mark("decode + preprocess + run + top-5")
 print(json.dumps({"marks": marks, "torch": "torch" in sys.modules,
                   "top1": results[0].predictions[0].label}))
+"""
+
+
+# A model of one's own (no shipped graph): the default model saved as a model folder, once.
+SAVE_MODEL_SCRIPT = """\
+import sys
+import imagezoo
+imagezoo.save_model(imagezoo.load_model("efficientnet_lite0"), sys.argv[1])
 """
 
 
@@ -224,7 +283,7 @@ class Case:
     label: str
     command: list[str]
     shown: str                          # the command as the report shows it
-    env: dict[str, str] | None = None   # None: a fresh cache for every run
+    env: dict[str, str] | None = None   # None: a new empty cache for every run (fresh)
     runs: list[Run] = field(default_factory=list)
     rss_mb: float | None = None         # peak RSS of the untimed first run
 
@@ -241,13 +300,24 @@ class Case:
 
 
 def run_case(case: Case, scratch: Path, rss: bool = False) -> Run:
+    """One run of ``case``. A fresh case runs in a new empty cache with the background
+    preparation left on, as a user's first run; its stderr gets ``AFTER_RUN``'s counts: the
+    timing files and all the files in its cache, and the background preparations running in it
+    just after the run (each is waited for before the cache is removed)."""
     if case.env is not None:
         return checked(run_process(case.command, case.env, rss=rss), case.label)
     cache = Path(tempfile.mkdtemp(prefix="fresh-cache-", dir=scratch))
     try:
-        run = checked(run_process(case.command, environment(cache, background=False), rss=rss),
-                      case.label)
-        run.stderr += f"\n[tuning files after the run: {tuning_files(cache)}]"
+        run = checked(run_process(case.command, environment(cache), rss=rss), case.label)
+        counts = (tuning_files(cache), cache_files(cache), len(background_processes(cache)))
+        run.stderr += "".join("\n" + text.format(count) for text, count in zip(AFTER_RUN, counts))
         return run
     finally:
+        wait_for_background(cache)
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def after_run_clean(run: Run) -> bool:
+    """Whether a fresh run left nothing behind: no timing files, no files at all in its cache,
+    no background preparation."""
+    return all(text.format(0) in run.stderr for text in AFTER_RUN)
