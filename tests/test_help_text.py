@@ -86,3 +86,14 @@ def test_the_command_prints_it(flag, tmp_path):
                           env={**os.environ, "IMAGEZOO_CACHE": str(tmp_path), "COLUMNS": "80"},
                           cwd=ROOT, timeout=60)
     assert done.returncode == 0 and done.stdout == rendered(80)
+
+
+def test_a_kept_file_that_is_not_text_is_rendered_afresh(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IMAGEZOO_CACHE", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "80")
+    help_text.print_top_level_help()
+    [kept] = (tmp_path / ".help").iterdir()
+    kept.write_bytes(b"\xff\xfe not UTF-8 \xc3")
+    capsys.readouterr()
+    assert help_text.print_top_level_help() == 0
+    assert capsys.readouterr().out == build_parser().format_help()

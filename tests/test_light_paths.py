@@ -151,3 +151,21 @@ def test_serve_runs_without_torch_once_the_engine_is_cached(tmp_path):
     assert [r["index"] for r in served["predictions"]] == [r.index for r in expected.predictions]
     np.testing.assert_allclose([r["probability"] for r in served["predictions"]],
                                [r.probability for r in expected.predictions], atol=1e-5)
+
+
+def test_a_weight_file_alone_is_its_own_model_on_the_torch_free_path_too(tmp_path):
+    """``--weights FILE`` without ``--model`` names the file's own model (its card says so), as
+    the PyTorch path does: the default model's shipped graph is not filled with it."""
+    from imagezoo.models.registry import efficientnet_lite0_file
+    copy = tmp_path / "my-lite0.pth"
+    copy.write_bytes(efficientnet_lite0_file().read_bytes())
+    env = {**os.environ, "IMAGEZOO_CACHE": str(tmp_path / "cache"), "IMAGEZOO_BACKEND": "auto",
+           "IMAGEZOO_BACKGROUND_ENGINES": "0"}
+    done = subprocess.run([sys.executable, "-m", "imagezoo", "classify", str(CAT_PHOTO),
+                           "--weights", str(copy), "--json"], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "imagezoo's graph" not in done.stderr and "running on torch" in done.stderr
+    [expected] = imagezoo.classify(imagezoo.load_model(str(copy)), CAT_PHOTO)
+    assert [r["index"] for r in json.loads(done.stdout)["predictions"]] == \
+        [r.index for r in expected.predictions]

@@ -185,8 +185,68 @@ def test_a_tensor_pointing_past_its_storage_is_refused(tmp_path):
         path = tmp_path / "outside.pth"
         write_zip_pickle(path, {"a": FakeTensor(FakeStorage("0", 6), offset, size, stride)},
                          {"0": data})
-        with pytest.raises(WeightsError, match="past the end of its storage"):
+        with pytest.raises(WeightsError, match="past the end of its storage|more elements"):
             read_arrays(path)
+
+
+def test_a_small_file_cannot_ask_for_a_huge_array(tmp_path):
+    # One float broadcast to 50000 x 50000 (stride 0) would be a 10 GB copy.
+    path = tmp_path / "broadcast.pth"
+    write_zip_pickle(path, {"a": FakeTensor(FakeStorage("0", 1), 0, (50000, 50000), (0, 0))},
+                     {"0": np.ones(1, "<f4").tobytes()})
+    with pytest.raises(WeightsError, match="more elements than its storage"):
+        read_arrays(path)
+
+
+def rezip(source: Path, target: Path, compression: int = zipfile.ZIP_STORED,
+          twice: str | None = None) -> Path:
+    """``source``'s records in a new archive: compressed, or with one record named twice."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", compression) as new:
+        for info in old.infolist():
+            new.writestr(info.filename, old.read(info))
+            if info.filename == twice:
+                new.writestr(info.filename, old.read(info))
+    return target
+
+
+def test_zip_records_must_be_stored_once_as_torch_save_writes_them(tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save({"w": torch.arange(6.0)}, whole)
+    np.testing.assert_array_equal(read_arrays(rezip(whole, tmp_path / "copy.pth"))["w"],
+                                  np.arange(6.0, dtype=np.float32))
+    # Deflated: zipfile would inflate it whatever its size; PyTorch writes records stored.
+    with pytest.raises(WeightsError, match="compressed; torch.save stores them"):
+        read_arrays(rezip(whole, tmp_path / "deflated.pth", zipfile.ZIP_DEFLATED))
+    with pytest.raises(WeightsError, match="names a record twice"):
+        with pytest.warns(UserWarning):   # zipfile's own "Duplicate name" warning
+            duplicated = rezip(whole, tmp_path / "twice.pth", twice="whole/data/0")
+        read_arrays(duplicated)
+
+
+def test_negative_storage_sizes_are_refused(tmp_path):
+    path = tmp_path / "negative.pth"
+    write_zip_pickle(path, {"a": FakeTensor(FakeStorage("0", -4), 0, (1,), (1,))},
+                     {"0": np.ones(4, "<f4").tobytes()})
+    with pytest.raises(WeightsError, match="invalid size"):
+        read_arrays(path)
+
+
+@pytest.mark.parametrize("module, name", [("torch._utils", "_rebuild_tensor_v2"),
+                                          ("torch", "FloatStorage"), ("_codecs", "encode")])
+def test_a_pickle_cannot_change_an_allowed_global(tmp_path, module, name):
+    """BUILD on a global would set its attributes (a function's ``__defaults__``, a storage
+    class's dtype) for the rest of the process: refused, and nothing changed."""
+    import imagezoo.weights.numpy_state as numpy_state
+    defaults = numpy_state._rebuild_tensor_v2.__defaults__
+    state = pickle.dumps((None, {"__defaults__": (True, None, None), "dtype": "f2"}), protocol=2)
+    body = b"\x80\x02c" + f"{module}\n{name}\n".encode() + state[2:-1] + b"b."
+    path = tmp_path / "build.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", body)
+    with pytest.raises(WeightsError, match="state set on"):
+        read_arrays(path)
+    assert numpy_state._rebuild_tensor_v2.__defaults__ == defaults
+    assert numpy_state.STORAGE_DTYPES["FloatStorage"] == "f4"
 
 
 @pytest.mark.parametrize("zip_layout", [True, False], ids=["zip", "legacy"])

@@ -28,7 +28,7 @@ def print_top_level_help() -> int:
         try:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
-        except OSError:
+        except (OSError, ValueError):   # unreadable, or not UTF-8: render it afresh
             text = None
     if not text:
         from .parser import build_parser

@@ -80,7 +80,10 @@ def light_engine_from_args(args: argparse.Namespace, count: int):
         return None
     from ..engine.light import CACHED_ENGINE, find_light_engine
     batch_size = max(1, min(args.batch_size, count))
-    engine = find_light_engine(args.model, args.weights, args.precision, args.backend, batch_size)
+    name, weights = args.model, args.weights
+    if name is None and weights is not None and not weights.startswith("random"):
+        name, weights = weights, None   # a weight file alone names its own model (model_from_args)
+    engine = find_light_engine(name, weights, args.precision, args.backend, batch_size)
     if engine is not None and engine.origin != CACHED_ENGINE:
         # A first run on the shipped graph: say so, as the rule-chosen engines do.
         print(f"imagezoo: running on {engine.backend} ({engine.origin})", file=sys.stderr)

@@ -92,7 +92,7 @@ class Graph:
         """(missing, unexpected, misshapen) as ``torch_state.load_state_dict`` counts them for
         the model this graph is of: a tensor the model lacks, one it has that the arrays lack
         (``num_batches_tracked`` aside), one of another shape."""
-        from ..weights.numpy_state import OPTIONAL_SUFFIXES
+        from ..weights.state_files import OPTIONAL_SUFFIXES
         expected = self.state_dict
         missing = [key for key in expected
                    if key not in arrays and not key.endswith(OPTIONAL_SUFFIXES)]

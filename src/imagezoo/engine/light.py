@@ -127,7 +127,8 @@ def _shipped_graph_engine(name_or_path: str | None, weights: str | None, key: st
     would not load exactly so (``loader.load_model`` then says why)."""
     from ..choices import DEFAULT_MODEL
     from ..models.registry import MODELS, default_card
-    from ..weights.numpy_state import read_arrays, state_dict_kind
+    from ..weights.numpy_state import read_arrays
+    from ..weights.state_files import state_dict_kind
     from .graphs import find_graph, graph_session
     name = str(name_or_path or DEFAULT_MODEL)
     entry = MODELS.get(name)
@@ -149,11 +150,14 @@ def _shipped_graph_engine(name_or_path: str | None, weights: str | None, key: st
             if digest != entry.default_weights_sha256:
                 return None  # the PyTorch path says to reinstall the package
         else:  # loader._load_named with a torch or safetensors file
-            path, data = Path(str(weights)), None
+            path = Path(str(weights))
             kind = state_dict_kind(path)
             if kind is None or not key.startswith(f"{name}@file:"):
                 return None  # random:SEED (drawn by PyTorch), other formats, not a file
-            digest = key[len(f"{name}@file:"):]
+            data = path.read_bytes()  # read once: the bytes hashed are the bytes parsed
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != key[len(f"{name}@file:"):]:
+                return None  # changed since the key was taken
         arrays = read_arrays(path, data)
         if any(graph.fit_problems(arrays)):
             return None  # load_state_dict would raise WeightsMismatchError

@@ -20,6 +20,14 @@ from ..errors import ImageDecodeError, ImagezooError
 from .limits import check_image_size, size_text
 
 
+NO_HEAT_MAPS = ("this server has no PyTorch model to draw heat maps with (a compiled file "
+                "such as .onnx cannot give gradients)")
+
+
+class NoHeatMaps(Exception):
+    """The deferred model turned out to have no layers to hook."""
+
+
 class Deferred:
     """The eager PyTorch model, loaded by ``load()`` when the first heat map is asked for: a
     server that classifies without PyTorch imports it only then."""
@@ -28,9 +36,11 @@ class Deferred:
         self.load, self.model = load, None
 
     def get(self):
+        """The model, or None when it has no layers a heat map can hook (a TorchScript file)."""
         if self.model is None:
-            self.model = self.load()
-        return self.model
+            from .app import eager_model
+            self.model = eager_model(self.load()) or False
+        return self.model or None
 
 
 def add_explain_route(app: FastAPI, explainer, max_upload_bytes: int) -> None:
@@ -43,6 +53,8 @@ def add_explain_route(app: FastAPI, explainer, max_upload_bytes: int) -> None:
         image = decode_bytes(data, name, check_size=check_image_size)
         with lock, tempfile.TemporaryDirectory() as folder:
             model = explainer.get() if isinstance(explainer, Deferred) else explainer
+            if model is None:
+                raise NoHeatMaps()
             [explanation] = explain(model, image, target=target, top=1)
             return overlay(image, explanation, Path(folder) / "heat.png").read_bytes()
 
@@ -53,8 +65,7 @@ def add_explain_route(app: FastAPI, explainer, max_upload_bytes: int) -> None:
                                                         description="class index or label "
                                                                     "(default: the top class)")):
         if explainer is None:
-            raise HTTPException(501, "this server has no PyTorch model to draw heat maps with "
-                                     "(a compiled file such as .onnx cannot give gradients)")
+            raise HTTPException(501, NO_HEAT_MAPS)
         name = file.filename or "upload"
         data = await file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
@@ -62,6 +73,8 @@ def add_explain_route(app: FastAPI, explainer, max_upload_bytes: int) -> None:
                                      f"{size_text(max_upload_bytes)}")
         try:
             png = await asyncio.get_running_loop().run_in_executor(None, draw, data, name, target)
+        except NoHeatMaps:
+            raise HTTPException(501, NO_HEAT_MAPS) from None
         except ImageDecodeError as error:
             raise HTTPException(400, str(error)) from None
         except ImagezooError as error:  # an unknown class name or index

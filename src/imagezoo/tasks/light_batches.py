@@ -27,7 +27,8 @@ def prepared_batches(count: int, prepare: Callable[[int], tuple[Any, str | None,
     default: Pillow releases the GIL while it decodes and resizes), at most
     ``BATCHES_AHEAD`` batches ahead of the consumer."""
     threads = max(1, min(count, threads or os.cpu_count() or 1))
-    with ThreadPoolExecutor(threads) as pool:
+    pool = ThreadPoolExecutor(threads)
+    try:
         pending: deque = deque()
         submitted = 0
         for start in range(0, count, batch_size):
@@ -39,6 +40,10 @@ def prepared_batches(count: int, prepare: Callable[[int], tuple[Any, str | None,
                 index, future = pending.popleft()
                 chunk.append((index, *future.result()))
             yield chunk
+    finally:
+        # An error, Ctrl-C or a consumer that stops early: the images not yet started are
+        # dropped rather than decoded for nobody.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

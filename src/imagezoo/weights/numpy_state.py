@@ -30,15 +30,14 @@ names. Any other global is refused (a ``WeightsError`` naming it) before anythin
 so a file that asks to run code never runs it. ``.safetensors`` files are read by the
 safetensors library (its byte-level parser), dtype by dtype.
 
-The torch-free facts about these files (``looks_like_*``, ``is_torchscript_file``, the
-publishers' names in ``publisher_names``, unwrapping a checkpoint in ``state_dict_of``) live
-here and ``torch_state`` uses them too, so that both readers name tensors the same way.
+What a file is and how its state dict is unwrapped and named are ``state_files.py``'s,
+shared with ``torch_state``, so that both readers name tensors the same way.
 """
 from __future__ import annotations
 
 import io
+import math
 import pickle
-import re
 import struct
 import zipfile
 from collections import OrderedDict
@@ -48,111 +47,11 @@ from typing import Callable
 import numpy as np
 
 from ..errors import WeightsError
-
-SAFETENSORS_SUFFIX = ".safetensors"
-# Keys torchvision writes but a model may legitimately lack in another file (older
-# checkpoints predate them); their absence never changes the outputs in eval mode.
-OPTIONAL_SUFFIXES = (".num_batches_tracked",)
-ZIP_LOCAL_HEADER = b"PK\x03\x04"
-PICKLE_PROTO = b"\x80"          # pickle protocol 2+ opens with the PROTO opcode
-LEGACY_PICKLES = 5              # magic number, protocol, sys_info, object, storage keys
-LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
-LEGACY_PROTOCOL_VERSION = 1001
-
-
-# --- what a file is -------------------------------------------------------------------------
-
-def looks_like_safetensors(path: Path) -> bool:
-    """safetensors: an 8-byte little-endian header length followed by a JSON object."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
-
-
-def looks_like_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive (since 1.6) or, before that, a raw pickle stream; a
-    zip cut short has no central directory left, but still starts with a local file header."""
-    if zipfile.is_zipfile(path):
-        return True
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(ZIP_LOCAL_HEADER))
-    except OSError:
-        return False
-    return head.startswith(ZIP_LOCAL_HEADER) or head[:1] == PICKLE_PROTO
-
-
-def is_torchscript_file(path: str | Path) -> bool:
-    """A ``torch.jit.save`` archive: a zip with ``<name>/constants.pkl`` or ``<name>/code/``
-    records (what ``torch.load`` itself checks before it dispatches to ``torch.jit.load``)."""
-    try:
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-    return any(name.endswith("/constants.pkl") or "/code/" in name for name in names)
-
-
-def state_dict_kind(path: str | Path) -> str | None:
-    """``"safetensors"`` or ``"torch"`` for a file ``weights.formats.detect_format`` calls so,
-    None for anything else (a folder, MATLAB, a PaddlePaddle tarball, TorchScript)."""
-    from .matlab_file import is_matlab_file
-    path = Path(path)
-    if not path.is_file() or is_matlab_file(path):
-        return None
-    if looks_like_safetensors(path):
-        return "safetensors"
-    if is_torchscript_file(path) or not looks_like_torch_file(path):
-        return None  # a PaddlePaddle v2 tarball is neither a zip nor a pickle
-    return "torch"
-
-
-# --- names ------------------------------------------------------------------------------------
-
-def state_dict_of(loaded, path: Path, is_tensor: Callable[[object], bool]) -> dict:
-    """The tensors of a loaded checkpoint in imagezoo's names: ``{"state_dict": ...}``,
-    ``{"model": ...}`` and ``{"model_state_dict": ...}`` unwrapped, DataParallel's
-    ``module.`` prefix dropped, a publisher's names renamed (``publisher_names``)."""
-    if isinstance(loaded, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(loaded.get(key), dict):
-                loaded = loaded[key]
-                break
-    if not isinstance(loaded, dict) or not loaded:
-        raise WeightsError(f"{path}: holds no state dict (a dict of tensors)")
-    tensors = {str(k): v for k, v in loaded.items() if is_tensor(v)}
-    if not tensors:
-        raise WeightsError(f"{path}: holds no tensors")
-    if all(name.startswith("module.") for name in tensors):
-        tensors = {name[len("module."):]: value for name, value in tensors.items()}
-    return publisher_names(tensors)
-
-
-_SHORTCUT = re.compile(r"^(layer\d+\.\d+\.)shortcut\.(\d+\.)")
-
-
-def publisher_names(tensors: dict) -> dict:
-    """A ResNet state dict in akamaster/pytorch_resnet_cifar10's names (head ``linear``,
-    projection shortcuts ``shortcut.0``/``shortcut.1``) in imagezoo's (``fc``,
-    ``downsample.0``/``downsample.1``); any other state dict is returned as it is."""
-    if not ("conv1.weight" in tensors and "linear.weight" in tensors
-            and not any(name.startswith("fc.") for name in tensors)):
-        return tensors
-    renamed = {}
-    for name, value in tensors.items():
-        if name.startswith("linear."):
-            name = "fc." + name[len("linear."):]
-        name = _SHORTCUT.sub(r"\1downsample.\2", name)
-        renamed[name] = value
-    return renamed
-
-
-# --- reading ----------------------------------------------------------------------------------
+from .state_files import (  # noqa: F401 (re-exported: the reader's callers ask it)
+    LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, OPTIONAL_SUFFIXES, SAFETENSORS_SUFFIX,
+    ZIP_LOCAL_HEADER, is_torchscript_file, looks_like_safetensors, looks_like_torch_file,
+    publisher_names, state_dict_kind, state_dict_of,
+)
 
 def read_arrays(path: str | Path, data: bytes | None = None) -> dict[str, np.ndarray]:
     """The tensors of a ``.pth``/``.pt``/``.th`` (zip or legacy) or ``.safetensors`` file as
@@ -239,6 +138,9 @@ class _StorageType:
     def __init__(self, name: str, dtype: str):
         self.name, self.dtype = name, dtype
 
+    def __setstate__(self, state):   # BUILD could otherwise rewrite the dtype
+        raise pickle.UnpicklingError("state set on a storage class or dtype")
+
 
 class _Storage:
     """A storage's bytes (filled in when the file's layout gives them) and element dtype."""
@@ -279,9 +181,9 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
                        dtype, metadata=None):
-    if not isinstance(dtype, _StorageType):
+    if not isinstance(dtype, _StorageType) or dtype.name not in TORCH_DTYPES:
         raise pickle.UnpicklingError("a tensor whose dtype is not a torch dtype")
-    return _TensorRef(storage, storage_offset, size, stride, dtype.dtype)
+    return _TensorRef(storage, storage_offset, size, stride, TORCH_DTYPES[dtype.name])
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
@@ -295,6 +197,22 @@ def _encode(text, encoding="latin1"):
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise pickle.UnpicklingError("_codecs.encode other than of a str to latin1")
     return text.encode("latin1")
+
+
+class _Allowed:
+    """An allowed function as the pickle sees it: callable, but with no state of its own for a
+    BUILD opcode to change (the function itself would take new ``__defaults__``)."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable):
+        self.function = function
+
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("state set on a function")
 
 
 _REBUILDERS = {
@@ -320,13 +238,13 @@ class _StateDictUnpickler(pickle.Unpickler):
         if module == "collections" and name == "OrderedDict":
             return OrderedDict
         if module == "torch._utils" and name in _REBUILDERS:
-            return _REBUILDERS[name]
+            return _Allowed(_REBUILDERS[name])
         if module in ("torch", "torch.storage") and name in STORAGE_DTYPES:
             return _StorageType(name, STORAGE_DTYPES[name])
         if module == "torch" and name in TORCH_DTYPES:
             return _StorageType(name, TORCH_DTYPES[name])
         if module == "_codecs" and name == "encode":
-            return _encode
+            return _Allowed(_encode)
         raise RefusedGlobal(f"global {module}.{name}")
 
     def persistent_load(self, pid):
@@ -340,7 +258,7 @@ class _StateDictUnpickler(pickle.Unpickler):
 def _storage_type(value) -> str:
     if not isinstance(value, _StorageType) or value.name not in STORAGE_DTYPES:
         raise pickle.UnpicklingError("a storage whose class is not a storage class")
-    return value.dtype
+    return STORAGE_DTYPES[value.name]   # by name: the object's own fields are not trusted
 
 
 def _read_torch_file(path: Path, data: bytes | None = None) -> dict[str, np.ndarray]:
@@ -379,13 +297,24 @@ def _load_zip(data: bytes, path: Path):
         raise WeightsError(f"{path}: truncated or damaged PyTorch file (a zip archive without "
                            f"its central directory, cut short)") from None
     names = archive.namelist()
+    if len(set(names)) != len(names):   # zipfile reads the last copy, PyTorch may read the first
+        raise WeightsError(f"{path}: a zip archive that names a record twice")
+
+    def record(name: str, size: int | None = None) -> bytes:
+        """A record as torch.save writes it: stored, not compressed (a compressed one could
+        inflate without bound); at most ``size`` bytes of it."""
+        info = archive.getinfo(name)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise WeightsError(f"{path}: record {name} is compressed; torch.save stores them")
+        with archive.open(info) as handle:
+            return handle.read(size if size is not None else info.file_size)
     pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
     if len(pickles) != 1:
         raise WeightsError(f"{path}: a zip archive without the data.pkl of torch.save")
     prefix = pickles[0][:-len("data.pkl")]
     byteorder = "little"
     if f"{prefix}byteorder" in names:
-        byteorder = archive.read(f"{prefix}byteorder").decode("ascii", "replace").strip()
+        byteorder = record(f"{prefix}byteorder", 16).decode("ascii", "replace").strip()
         if byteorder not in ("little", "big"):
             raise WeightsError(f"{path}: unknown byte order {byteorder!r}")
     storages: dict[str, _Storage] = {}
@@ -395,15 +324,17 @@ def _load_zip(data: bytes, path: Path):
         key = str(key)
         if key not in storages:
             dtype = _storage_type(storage_class)
-            raw = archive.read(f"{prefix}data/{key}")
-            nbytes = int(numel) * _itemsize(dtype)
+            if not isinstance(numel, int) or numel < 0:
+                raise WeightsError(f"{path}: storage {key} has an invalid size")
+            nbytes = numel * _itemsize(dtype)
+            raw = record(f"{prefix}data/{key}", nbytes)
             if len(raw) < nbytes:
                 raise WeightsError(f"{path}: storage {key} holds {len(raw)} bytes, "
                                    f"{nbytes} expected")
             storages[key] = _Storage(dtype, int(numel), memoryview(raw)[:nbytes])
         return storages[key]
 
-    loaded = _StateDictUnpickler(io.BytesIO(archive.read(pickles[0])), storage_for).load()
+    loaded = _StateDictUnpickler(io.BytesIO(record(pickles[0])), storage_for).load()
     return loaded, byteorder
 
 
@@ -424,6 +355,8 @@ def _load_legacy(data: bytes, path: Path):
         storage_class, root_key, _location, numel, view = fields[:5]
         root_key = str(root_key)
         dtype = _storage_type(storage_class)
+        if not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError("a storage with an invalid size")
         if root_key not in roots:
             roots[root_key] = _Storage(dtype, int(numel))
         if view is None:
@@ -445,7 +378,7 @@ def _load_legacy(data: bytes, path: Path):
             raise WeightsError(f"{path}: truncated: storage {key} is missing")
         (numel,) = struct.unpack_from("<q", data, position)
         nbytes = numel * _itemsize(storage.dtype)
-        if numel != storage.numel or position + 8 + nbytes > len(data):
+        if numel < 0 or numel != storage.numel or position + 8 + nbytes > len(data):
             raise WeightsError(f"{path}: truncated or damaged: storage {key} should hold "
                                f"{storage.numel} elements")
         storage.data = view[position + 8:position + 8 + nbytes]
@@ -488,6 +421,10 @@ def _materialize(ref: _TensorRef, byteorder: str) -> np.ndarray:
             and ref.offset >= 0):
         raise WeightsError("a tensor with an invalid offset, size or stride")
     count = len(data) // element.itemsize
+    if math.prod(ref.size) > count:
+        # Only a broadcast view (stride 0) addresses more elements than its storage holds; a
+        # state dict has none, and a small file must not make a huge array.
+        raise WeightsError("a tensor with more elements than its storage")
     if 0 in ref.size:
         array = np.zeros(ref.size, dtype=element)
     else:

@@ -40,9 +40,9 @@ from torch import nn
 
 from ..errors import WeightsError, WeightsMismatchError
 
-# The facts about these files that need no PyTorch are kept in numpy_state, which reads them
-# without it; both readers share them so that they name tensors the same way.
-from .numpy_state import (  # noqa: E402,F401 (re-exported)
+# The facts about these files that need no PyTorch are kept in state_files, shared with
+# numpy_state (which reads them without it), so that both readers name tensors the same way.
+from .state_files import (  # noqa: E402,F401 (re-exported)
     LEGACY_PICKLES, OPTIONAL_SUFFIXES, PICKLE_PROTO, SAFETENSORS_SUFFIX, ZIP_LOCAL_HEADER,
     is_torchscript_file, looks_like_safetensors, looks_like_torch_file, publisher_names,
     state_dict_of,
