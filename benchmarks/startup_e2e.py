@@ -58,7 +58,7 @@ if side == "decode":
 else:
     from imagezoo.engine.light import find_light_engine
     engine = find_light_engine(None, None, "exact", "auto", batch)
-    if engine is None:
+    if engine is None or engine.origin != "cached engine":   # the warm path: the cached engine
         print(json.dumps({"found": False}))
         sys.exit(0)
     arrays = [preprocess_array(load_image(path), SPEC) for path in paths[:sample]]

@@ -245,8 +245,9 @@ def build_report(args, settings: Settings, cases: dict[str, Case], checks: dict,
         f"{fixed['other_share']:.0%}); with it the bound would be "
         f"{1 / (fixed['seconds'] / fixed['images'] + min(e2e.model_seconds) / e2e.images):.1f} "
         f"img/s and the command / bound {ratio_fixed:.2f}. The command itself does not pay "
-        f"those faults (its decoded arrays pile up ahead of the engine in its thread pool, so "
-        f"the heap is not handed back between photos: see its faults per image above), so the "
+        f"those faults (its decoding threads keep up to three batches of decoded arrays in "
+        f"hand ahead of the engine, so the heap is not handed back between photos: see its "
+        f"faults per image above), so the "
         f"bound as specified, from the pool's rate, understates what decoding costs the "
         f"command.",
         "",
