@@ -118,15 +118,46 @@ def read_until_closed(connection: socket.socket, seconds: float = 60) -> bytes:
 
 # -- dynamic batching ---------------------------------------------------------------------
 
+class HeldFirstPass(torch.nn.Module):
+    """``model`` whose first forward pass waits until the test opens the gate, so that the
+    requests sent meanwhile are all in the queue when the next pass starts: a batch of them
+    that does not depend on how fast the requests arrive."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.card = model, model.card
+        self.opened, self.entered = threading.Event(), threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.opened.is_set():
+            self.entered.set()
+            assert self.opened.wait(60), "the test never opened the gate"
+        return self.model(x)
+
+
+def batched_posts(app, held: HeldFirstPass, address, bodies: list[tuple[bytes, str]]) -> list:
+    """One request held in the forward pass, then ``bodies`` posted at once and answered
+    together once all are queued; their (status, headers, body)."""
+    batcher = next(iter(app.state.served.values())).batcher
+    with concurrent.futures.ThreadPoolExecutor(len(bodies) + 1) as pool:
+        first = pool.submit(post_raw, address, multipart(PHOTOS[0].read_bytes()))
+        assert held.entered.wait(60)
+        answers = [pool.submit(post_raw, address, body, path) for body, path in bodies]
+        wait_until(lambda: batcher.depth == len(bodies), "every request in the queue")
+        held.opened.set()
+        assert first.result()[0] == 200
+        return [answer.result() for answer in answers]
+
+
 def test_batched_answers_equal_the_answers_each_image_gets_alone(lite0):
-    app = create_app(lite0, top=10, max_batch=len(PHOTOS), max_wait_ms=60_000)
-    with running(app) as address, concurrent.futures.ThreadPoolExecutor(len(PHOTOS)) as pool:
-        answers = list(pool.map(lambda path: post_raw(address, multipart(path.read_bytes(), path.name)),
-                                PHOTOS))
+    held = HeldFirstPass(lite0)
+    app = create_app(held, top=10, max_batch=len(PHOTOS), max_wait_ms=60_000)
+    with running(app) as address:
+        answers = batched_posts(app, held, address, [(multipart(path.read_bytes(), path.name),
+                                                      "/api/classify") for path in PHOTOS])
     for path, (status, _, body) in zip(PHOTOS, answers):
         assert status == 200, body
         answer = json.loads(body)
-        # The batch fills with the four uploads long before a minute's wait runs out.
         assert answer["batch"] == len(PHOTOS)
         alone = imagezoo.classify(lite0, [path], top=10, workers=0)[0].predictions
         assert [p["index"] for p in answer["predictions"]] == [r.index for r in alone], path.name
@@ -135,13 +166,25 @@ def test_batched_answers_equal_the_answers_each_image_gets_alone(lite0):
 
 
 def test_each_request_in_a_batch_keeps_its_own_top(lite0):
-    app = create_app(lite0, max_batch=2, max_wait_ms=60_000)
+    held = HeldFirstPass(lite0)
+    app = create_app(held, max_batch=2, max_wait_ms=60_000)
     content = PHOTOS[0].read_bytes()
-    with running(app) as address, concurrent.futures.ThreadPoolExecutor(2) as pool:
-        answers = list(pool.map(lambda top: post_raw(address, multipart(content),
-                                                     f"/api/classify?top={top}"), (1, 3)))
+    with running(app) as address:
+        answers = batched_posts(app, held, address, [(multipart(content), f"/api/classify?top={top}")
+                                                     for top in (1, 3)])
     assert [len(json.loads(body)["predictions"]) for _, _, body in answers] == [1, 3]
     assert [json.loads(body)["batch"] for _, _, body in answers] == [2, 2]
+
+
+def test_a_lone_request_does_not_wait_for_company(lite0):
+    """``max_wait`` is only spent while more requests are on their way: one request at a time
+    never waits for a batch to fill, even with a minute's ``max_wait``."""
+    app = create_app(lite0, max_batch=8, max_wait_ms=60_000, timeout=30)
+    with running(app) as address:
+        for path in PHOTOS:   # one after another: each would wait a minute, past the timeout
+            status, _, body = post_raw(address, multipart(path.read_bytes(), path.name))
+            assert status == 200, body
+            assert json.loads(body)["batch"] == 1
 
 
 # -- admission control --------------------------------------------------------------------

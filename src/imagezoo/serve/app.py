@@ -136,6 +136,11 @@ def create_app(model, top: int = 5, ten_crop: bool = False,
     decoders = ThreadPoolExecutor(max_workers=decode_threads or os.cpu_count() or 1,
                                   thread_name_prefix="imagezoo-decode")
     served: dict[str, Served] = {}
+
+    def coming() -> int:
+        """Requests admitted (from their first byte) but neither queued nor running yet."""
+        return admission.images - sum(each.batcher.depth + each.batcher.running
+                                      for each in served.values())
     for name, each in models.items():
         if hasattr(each, "eval"):
             each.eval()  # a model left in training mode would answer nonsense and drift
@@ -145,7 +150,7 @@ def create_app(model, top: int = 5, ten_crop: bool = False,
         served[name] = Served(
             name, each, draft_size(card, draft=precision == "fast"),
             DynamicBatcher(array_forward(each), card, name, batch, max_wait_ms / 1000,
-                           forward_lock, metrics),
+                           forward_lock, metrics, coming=coming),
             {"name": card.name,
              "architecture": card.architecture,
              "classes": card.num_classes,

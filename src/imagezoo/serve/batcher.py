@@ -4,8 +4,11 @@ One forward pass of eight images costs far less than eight of one on a CPU (the 
 read once, the kernels fill their vector units), so the server gathers what is ready, the way
 TorchServe's ``batch_size``/``max_batch_delay`` and Triton's dynamic batcher do: a worker
 thread takes the images waiting in the queue, up to ``max_batch``; when the first of them has
-waited less than ``max_wait`` seconds and the batch is not full, it waits for more until then.
-Images that arrive while a pass runs simply make the next batch larger.
+waited less than ``max_wait`` seconds and the batch is not full, it waits for more until then,
+but only while more are on their way (``coming``: requests the server has admitted that are
+neither queued nor running): a lone request starts at once instead of waiting for company
+that cannot come (measured: one client, 69 -> 94 requests/s). Images that arrive while a pass
+runs simply make the next batch larger.
 
 Each image's answer is the same as classifying it alone: the model is in eval mode (no batch
 statistics), softmax and top-k are taken row by row, and each request keeps its own ``top``.
@@ -20,6 +23,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -68,14 +72,17 @@ class DynamicBatcher:
     already uses every core, and two at once would only slow each other down."""
 
     def __init__(self, forward, card, name: str, max_batch: int, max_wait: float,
-                 forward_lock: threading.Lock | None = None, metrics=None):
+                 forward_lock: threading.Lock | None = None, metrics=None,
+                 coming: Callable[[], int] | None = None):
         """``forward``: a float32 N x 3 x H x W array -> N x C logits (``forward.array_forward``);
-        ``card``: the model's card (its labels)."""
+        ``card``: the model's card (its labels); ``coming``: how many admitted requests are on
+        their way to a queue (None: unknown, always wait up to ``max_wait``)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         if max_wait < 0:
             raise ValueError(f"max_wait must not be negative, not {max_wait}")
-        self.forward, self.card = forward, card
+        self.forward, self.card, self.coming = forward, card, coming
+        self.running = 0   # images in the forward pass under way
         self.name = name
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -146,9 +153,9 @@ class DynamicBatcher:
                 self._wake.wait()
             while len(self._queue) < self.max_batch and not self._stopping and self._queue:
                 left = self._queue[0].enqueued + self.max_wait - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (self.coming is not None and self.coming() <= 0):
                     break
-                self._wake.wait(left)
+                self._wake.wait(left)   # a job queued wakes it: then it looks again
             jobs = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             self._published()
             return jobs
@@ -162,7 +169,11 @@ class DynamicBatcher:
                                               f"in its queue; try again in {RETRY_AFTER} s"))
             jobs = [job for job in jobs if job.deadline >= now]
             if jobs:
-                self._run(jobs)
+                self.running = len(jobs)
+                try:
+                    self._run(jobs)
+                finally:
+                    self.running = 0
 
     def _run(self, jobs: list[Job]) -> None:
         arrays = [job.array for job in jobs]
