@@ -335,6 +335,11 @@ def bench_end_to_end(model, cases: dict[tuple[str, int], Case], work: Path,
     batch = settings.e2e_batch
     rows = {}
     for precision in PRECISIONS:   # warm the cache: tuning and building are not timed
+        # A short run never times the backends (it takes a rule's choice): tune the way a user
+        # does, with `imagezoo engines`, so that the timed runs use what auto picks by timing.
+        log(f"  tuning: imagezoo engines --precision {precision} --batch-size {batch}")
+        subprocess.run([str(VENV_BIN / "imagezoo"), "engines", "--precision", precision,
+                        "--batch-size", str(batch)], check=True, capture_output=True, env=env)
         log(f"  warming up imagezoo classify --precision {precision}")
         seconds, top1, stderr = run_classify(folder, precision, batch, env)
         run_classify(single, precision, batch, env)   # one image: batch 1, tuned separately

@@ -1,12 +1,14 @@
-"""An ONNX Runtime engine, found and run without PyTorch.
+"""An ONNX Runtime or OpenVINO engine, found and run without PyTorch.
 
 Two ways, tried in this order by ``find_light_engine``:
 
 1. **The cached engine.** When ``optimize`` has built and checked the float32 ONNX Runtime
-   engine of a model that the user names the same way again (``records.source_key``: the
-   default model, a registry name with a weight file or ``random:SEED``, a model folder, a
-   weight file), its ``sources`` record points at the engine's folder, which holds
-   ``model.onnx`` and the card. The file must still be the one that passed its check.
+   or OpenVINO engine of a model that the user names the same way again
+   (``records.source_key``: the default model, a registry name with a weight file or
+   ``random:SEED``, a model folder, a weight file), its ``sources`` record points at the
+   engine's folder, which holds ``model.onnx`` and the card. The file must still be the one
+   that passed its check for the backend that runs it: the named one, or with ``auto`` the
+   fastest exact one of the architecture's timing table (ONNX Runtime without a table).
 2. **The shipped graph** (``graphs.py``), when no checked engine is recorded: a registry name
    whose architecture has a weightless graph in the package, with weights read without
    PyTorch (``weights/numpy_state.py``): the name's bundled weights (the default model's) or
@@ -17,9 +19,10 @@ Two ways, tried in this order by ``find_light_engine``:
    (``random:SEED``) are drawn by PyTorch and take that path too. Nothing is written to the
    cache.
 
-Either way the engine runs only when ``backend`` (``auto`` or ``onnxruntime``) and
-``precision`` (``exact``) would run it: with ``auto``, a timing table of the architecture
-must not prefer another backend (without one, the rule prefers ONNX Runtime's engine). The
+Either way the engine runs only when ``backend`` and ``precision`` (``exact``) would run it:
+with ``auto``, a timing table of the architecture must not prefer a backend that needs
+PyTorch (without one, the rule prefers ONNX Runtime's engine). ``fast`` engines (bf16, int8)
+take the PyTorch path, which guards their top-1 on the sample photos. The
 numbers are the PyTorch path's: same preprocessing (``transforms.preprocess_array``), the
 same network in ONNX, checked against eager PyTorch (the cached engine on this machine; the
 shipped graphs by the test suite, within 1e-4).
@@ -27,7 +30,9 @@ shipped graphs by the test suite, within 1e-4).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,8 @@ from . import records
 log = logging.getLogger(__name__)
 
 CACHED_ENGINE = "cached engine"
+# The backends whose engines run here without PyTorch.
+LIGHT_BACKENDS = ("onnxruntime", "openvino")
 
 
 class LightEngine:
@@ -64,16 +71,35 @@ class LightEngine:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
 
 
+class OpenVinoEngine(LightEngine):
+    """The cached, checked float32 OpenVINO engine, compiled from the same ``model.onnx`` with
+    the settings ``backends._openvino`` checked it with (its compiled-model cache reused)."""
+
+    backend = "openvino"
+
+    def __init__(self, onnx_file: Path, card):
+        import openvino as ov
+        self.core = ov.Core()   # kept: OpenVINO objects must not outlive the core that made them
+        self.core.set_property({"CACHE_DIR": str(onnx_file.parent / "openvino")})
+        threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+        self.compiled = self.core.compile_model(str(onnx_file), "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+        self.card, self.origin = card, CACHED_ENGINE
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        results = self.request.infer({0: np.ascontiguousarray(batch, np.float32)})
+        return np.array(results[self.compiled.outputs[0]])
+
+
 def find_light_engine(name_or_path: str | None, weights: str | None, precision: str,
                       backend: str, batch_size: int, cache_dir=None) -> LightEngine | None:
-    """The float32 ONNX Runtime engine of the model named so, when ``backend`` (``auto`` or
-    ``onnxruntime``) and ``precision`` (``exact``) would run it: the cached, checked engine,
-    else the shipped graph filled with the weights (see the module docstring); else None."""
-    if precision != "exact" or backend not in ("auto", "onnxruntime"):
-        return None
-    try:
-        import onnxruntime  # noqa: F401 (without it there is nothing to run)
-    except ImportError:
+    """The float32 engine of the model named so, when ``backend`` (``auto``, ``onnxruntime`` or
+    ``openvino``) and ``precision`` (``exact``) would run it: the cached, checked engine
+    (ONNX Runtime or OpenVINO, whichever the timing table prefers), else the shipped graph
+    filled with the weights, in ONNX Runtime (see the module docstring); else None."""
+    if precision != "exact" or backend not in ("auto", *LIGHT_BACKENDS):
         return None
     key = records.source_key(name_or_path, weights)
     if key is None:
@@ -83,7 +109,13 @@ def find_light_engine(name_or_path: str | None, weights: str | None, precision: 
         found = _cached_engine(Path(engine_dir), backend, batch_size, cache_dir)
         if found is not False:
             return found
+    if not _installed("onnxruntime"):
+        return None
     return _shipped_graph_engine(name_or_path, weights, key, backend, batch_size, cache_dir)
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
 
 
 def _cached_engine(engine_dir: Path, backend: str, batch_size: int, cache_dir):
@@ -91,34 +123,46 @@ def _cached_engine(engine_dir: Path, backend: str, batch_size: int, cache_dir):
     it; False when there is none to use (the shipped graph may serve instead)."""
     onnx_file = engine_dir / "model.onnx"
     checks = records.read_json(engine_dir / records.CHECKED_FILE)
-    ours = [check for check in checks if check.startswith("onnxruntime/fp32/")]
-    if onnx_file.is_file() and any(records.check_recorded(engine_dir, check, [onnx_file],
-                                                          passed=False) for check in ours):
+
+    def checked(engine: str, passed: bool = True) -> bool:
+        return onnx_file.is_file() and any(
+            records.check_recorded(engine_dir, check, [onnx_file], passed=passed)
+            for check in checks if check.startswith(f"{engine}/fp32/"))
+    if backend in ("auto", "onnxruntime") and checked("onnxruntime", passed=False):
         return None  # ONNX Runtime missed the check for this model here: PyTorch it is
-    if not onnx_file.is_file() or not any(
-            records.check_recorded(engine_dir, check, [onnx_file]) for check in ours):
+    if not (checked("onnxruntime") or checked("openvino")):
         return False
     from ..model_folder import read_card
     try:
         card = read_card(engine_dir)
     except Exception:  # noqa: BLE001 - a damaged record means the usual path, not an error
         return False
-    if backend == "auto" and _timing_prefers_another(card, batch_size, cache_dir):
+    wanted = _wanted_backend(card, backend, batch_size, cache_dir)
+    if wanted is None or not checked(wanted) or not _installed(wanted):
+        return None  # another backend runs this, or this one was not checked: the usual path
+    try:
+        return OpenVinoEngine(onnx_file, card) if wanted == "openvino" else LightEngine(onnx_file, card)
+    except Exception as error:  # noqa: BLE001 - a runtime that fails here: the usual path says why
+        log.debug("the cached %s engine in %s did not load: %s", wanted, engine_dir, error)
         return None
-    return LightEngine(onnx_file, card)
 
 
 def _input_side(card) -> int:
     return card.preprocess.crop or card.preprocess.resize or 224
 
 
-def _timing_prefers_another(card, batch_size: int, cache_dir) -> bool:
-    """Whether the architecture's timing table (measured at the nearest batch size) says a
-    backend other than ONNX Runtime is the fastest exact one here."""
+def _wanted_backend(card, backend: str, batch_size: int, cache_dir) -> str | None:
+    """Which engine this run takes: ``backend`` when named; with ``auto``, the fastest exact
+    one of the architecture's timing table (measured at the nearest batch size), or ONNX
+    Runtime without a table (the rule). None when that is a backend that needs PyTorch."""
+    if backend != "auto":
+        return backend
     tables = records.read_json(records.tuning_path(card.architecture, _input_side(card), cache_dir))
     nearest = records.nearest_table(tables, "exact", batch_size)
-    winner = records.fastest(nearest[1]) if nearest else None
-    return nearest is not None and (winner is None or winner["backend"] != "onnxruntime")
+    if nearest is None:
+        return "onnxruntime"
+    winner = records.fastest(nearest[1])
+    return winner["backend"] if winner and winner["backend"] in LIGHT_BACKENDS else None
 
 
 def _shipped_graph_engine(name_or_path: str | None, weights: str | None, key: str,
@@ -139,7 +183,7 @@ def _shipped_graph_engine(name_or_path: str | None, weights: str | None, key: st
         graph = find_graph(card.architecture, _input_side(card))
         if graph is None:
             return None
-        if backend == "auto" and _timing_prefers_another(card, batch_size, cache_dir):
+        if _wanted_backend(card, backend, batch_size, cache_dir) != "onnxruntime":
             return None
         if weights is None:  # loader._load_bundled
             if entry.default_weights is None or not entry.default_weights_sha256:

@@ -239,8 +239,8 @@ def _built_and_checked(backend, model, numerics, batch_size, cache, reference: R
     if problem is not None:
         raise EngineRejected(problem)
     touch_entry(cache)  # the cache's least-recently-used eviction spares what runs
-    if (backend, numerics) == ("onnxruntime", "fp32"):
-        remember_source(model, cache)
+    if backend in ("onnxruntime", "openvino") and numerics == "fp32":
+        remember_source(model, cache)   # both run without PyTorch next time (engine/light.py)
     return run
 
 
