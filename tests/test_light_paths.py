@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 import pytest
 
 import imagezoo
@@ -171,31 +170,3 @@ def test_a_weight_file_alone_is_its_own_model_on_the_torch_free_path_too(tmp_pat
     assert [r["index"] for r in json.loads(done.stdout)["predictions"]] == \
         [r.index for r in expected.predictions]
 
-
-def test_a_tuned_openvino_engine_runs_without_torch_too(tmp_path):
-    """When timing made OpenVINO the engine of an architecture, the next run compiles the
-    cached, checked model.onnx in OpenVINO without PyTorch; the table decides between the
-    two runtimes, and a backend that needs PyTorch (or no check) means the PyTorch path."""
-    from imagezoo.engine import records
-    from imagezoo.engine.light import LightEngine, OpenVinoEngine, find_light_engine
-    model = imagezoo.load_model("resnet18", weights="random:1")
-    with_openvino = optimize(model, backend="openvino", batch_size=2, cache_dir=tmp_path)
-    found = find_light_engine("resnet18", "random:1", "exact", "openvino", 2, tmp_path)
-    assert isinstance(found, OpenVinoEngine) and found.card.labels == model.card.labels
-    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
-    np.testing.assert_allclose(found(x), with_openvino(torch.from_numpy(x)).numpy(), atol=1e-5)
-    # No ONNX Runtime check yet: auto without a table (the rule: ONNX Runtime) has none to run.
-    assert find_light_engine("resnet18", "random:1", "exact", "auto", 2, tmp_path) is None
-    optimize(model, backend="onnxruntime", batch_size=2, cache_dir=tmp_path)
-    table = records.tuning_path(model.card.architecture, 224, tmp_path)
-
-    def fastest_is(backend: str):
-        rates = {"torch": 10.0, "onnxruntime": 20.0, "openvino": 20.0, backend: 30.0}
-        records.write_json(table, {"exact/batch2": [
-            {"backend": name, "precision": "exact", "images_per_second": rate}
-            for name, rate in rates.items()]})
-        return find_light_engine("resnet18", "random:1", "exact", "auto", 2, tmp_path)
-    assert isinstance(fastest_is("openvino"), OpenVinoEngine)
-    chosen = fastest_is("onnxruntime")
-    assert isinstance(chosen, LightEngine) and chosen.backend == "onnxruntime"
-    assert fastest_is("torch") is None
