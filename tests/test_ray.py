@@ -371,3 +371,30 @@ def test_the_cli_runs_classify_on_ray_and_reports_like_the_single_process(
             assert firsts[path] == result.predictions[0].index
     assert main(["classify", *photos[1], "--ray"]) == 2
     assert "--ray writes its rows to a file" in capsys.readouterr().err
+
+
+def test_a_cached_engine_or_shipped_graph_runs_on_ray_without_torch(ray_local, photos, tmp_path):
+    """With ``backend="auto"``, the driver and the actors take the PyTorch-free engine that
+    ``imagezoo classify`` would (here the shipped graph of the default model): the rows are
+    those of the PyTorch-free single process, and the driver loads no PyTorch model."""
+    from imagezoo.engine.light import LightEngine, find_light_engine
+    from imagezoo.ray import ModelSpec, run_classify, run_evaluate
+    from imagezoo.ray.commands import RunOptions, _light_or_loaded
+    from imagezoo.ray.stages import model_source
+    from imagezoo.tasks.light_classify import classify_light
+    from imagezoo.tasks.light_evaluate import evaluate_light
+    from imagezoo.data.sources import expand_sources
+    spec = ModelSpec(backend="auto")
+    assert isinstance(_light_or_loaded(model_source(spec), RunOptions(batch_size=4)), LightEngine)
+    light = find_light_engine(None, None, "exact", "auto", 4)
+    expected = {r.input: r for r in classify_light(light, expand_sources(photos[1]), top=5,
+                                                   batch_size=4)}
+    out = tmp_path / "light.parquet"
+    run_classify(photos[1], spec, out, top=5, batch_size=4, actors=1)
+    assert_same_as_single_process(rows_of(out), expected)
+    folder = photos[0]
+    mapping = folder.parent / "light-mapping.txt"
+    mapping.write_text(f"{folder.name}/coffee.jpg\t967\n{folder.name}/cat.png\t282\n"
+                       f"{folder.name}/cut.jpg\t657\n")
+    result = run_evaluate(mapping, spec, tmp_path / "rows.jsonl", top=5, batch_size=4, actors=1)
+    assert result.to_dict() == evaluate_light(light, mapping, top=5, batch_size=4).to_dict()

@@ -74,11 +74,11 @@ def prepare_in_background(args: argparse.Namespace, batch_size: int) -> None:
 def light_engine_from_args(args: argparse.Namespace, count: int):
     """The model's cached, checked ONNX Runtime engine, found without PyTorch, when this run
     would use it: CPU, exact precision, backend auto or onnxruntime. None otherwise."""
-    if args.device == "cuda" or (args.device == "auto" and _gpu_present()):
+    from ..engine.light import CACHED_ENGINE, find_light_engine, gpu_present
+    if args.device == "cuda" or (args.device == "auto" and gpu_present()):
         return None
     if getattr(args, "pretrained", None):
         return None
-    from ..engine.light import CACHED_ENGINE, find_light_engine
     batch_size = max(1, min(args.batch_size, count))
     name, weights = args.model, args.weights
     if name is None and weights is not None and not weights.startswith("random"):
@@ -88,11 +88,6 @@ def light_engine_from_args(args: argparse.Namespace, count: int):
         # A first run on the shipped graph: say so, as the rule-chosen engines do.
         print(f"imagezoo: running on {engine.backend} ({engine.origin})", file=sys.stderr)
     return engine
-
-
-def _gpu_present() -> bool:
-    """Whether a CUDA GPU may be there (``auto`` would take it), asked without PyTorch."""
-    return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidia0")
 
 
 def run_classify(args: argparse.Namespace) -> int:

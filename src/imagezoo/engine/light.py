@@ -93,6 +93,11 @@ class OpenVinoEngine(LightEngine):
         return np.array(results[self.compiled.outputs[0]])
 
 
+def gpu_present() -> bool:
+    """Whether a CUDA GPU may be there (``auto`` would take it), asked without PyTorch."""
+    return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidia0")
+
+
 def find_light_engine(name_or_path: str | None, weights: str | None, precision: str,
                       backend: str, batch_size: int, cache_dir=None) -> LightEngine | None:
     """The float32 engine of the model named so, when ``backend`` (``auto``, ``onnxruntime`` or

@@ -15,7 +15,9 @@ from .common import DECODE_CPUS, _import_ray
 from .datasets import PoolOptions, _pipeline, classify_dataset, feature_shapes, features_dataset
 from .inputs import Inputs, _input_dataset, split_inputs
 from .session import ray_session
-from .stages import ModelSpec, _engine, classify_schema, evaluate_schema, features_schema, model_source
+from ..engine.light import LightEngine
+from .stages import (ModelSpec, _engine, classify_schema, evaluate_schema, features_schema,
+                     light_engine_of, model_source)
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,8 @@ def run_classify(sources, model_spec, out_path, top: int = 5, address: str | Non
     run = RunOptions(**options)
     inputs = _inputs_or_fail(sources, run.all_files, out_path)
     source = model_source(model_spec)
-    model = source.load()
-    from ..tasks.classify import capped_top
+    model = _light_or_loaded(source, run)
+    from ..tasks.results import capped_top
     top = capped_top(top, model.card)
     schema = classify_schema(_settings(source, model, "classify", top=top, ten_crop=run.ten_crop))
     _prepare_engine(source, model, run, len(inputs.local) + len(inputs.remote))
@@ -133,7 +135,7 @@ def run_evaluate(dataset, model_spec, out_path=None, top: int = 5, address: str 
         from ..tasks.row_files import output_format
         output_format(out_path)
     source = model_source(model_spec)
-    model = source.load()
+    model = _light_or_loaded(source, run)
     card = model.card
     if cifar10_path(dataset) is not None or type(dataset).__name__ == "Cifar10Set":
         raise DatasetError("CIFAR-10 sets are held in memory; evaluate them without --ray")
@@ -196,10 +198,17 @@ def _settings(source, model, task: str, **more) -> dict:
             **described, **more}
 
 
+def _light_or_loaded(source, run: RunOptions):
+    """The model's PyTorch-free engine when the actors will run it (``stages.light_engine_of``:
+    the driver then needs no PyTorch either), else the model, loaded."""
+    light = None if (run.gpus_per_actor or 0) > 0 else light_engine_of(source, run.batch_size)
+    return light if light is not None else source.load()
+
+
 def _prepare_engine(source, model, run: RunOptions, count: int) -> None:
     """Build (or find) the engine once on the driver, so that this machine's actors load it
     from the cache instead of building it side by side (and a long run tunes it once)."""
-    if source.eager or (run.gpus_per_actor or 0) > 0:
+    if source.eager or (run.gpus_per_actor or 0) > 0 or isinstance(model, LightEngine):
         return
     _engine(source, model, run.batch_size, "cpu", images=count)
 

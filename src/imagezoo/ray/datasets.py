@@ -77,7 +77,7 @@ def classify_dataset(ds, model, top: int = 5, batch_size: int = INFERENCE_BATCH,
     decode task reserves. ``card``: the model's card when the caller has it (else it is loaded)."""
     source = model_source(model)
     card = card or _card_of(source)
-    from ..tasks.classify import capped_top
+    from ..tasks.results import capped_top
     options = PoolOptions(batch_size, actors, cpus_per_actor, threads_per_actor, decode_cpus,
                           gpus_per_actor)
     return _pipeline(ds, source, card, "classify", options, ten_crop,

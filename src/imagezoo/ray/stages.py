@@ -106,6 +106,19 @@ def model_source(model) -> ModelSpec | _Factory | _Loaded | _Shipped:
                         f"that makes one, not {type(model).__name__}")
 
 
+def light_engine_of(source, batch_size: int):
+    """The model's PyTorch-free engine (``engine/light.py``: the cached ONNX Runtime or
+    OpenVINO engine, or the shipped graph) when a ``ModelSpec`` names it, no GPU would take
+    the run and one is found; else None (then PyTorch loads the model)."""
+    from ..engine.light import find_light_engine, gpu_present
+    if not isinstance(source, ModelSpec) or source.pretrained is not None or gpu_present():
+        return None
+    name, weights = source.model, source.weights
+    if name is None and weights is not None and not weights.startswith("random"):
+        name, weights = weights, None   # a weight file alone names its own model (``load``)
+    return find_light_engine(name, weights, source.precision, source.backend, batch_size)
+
+
 def _engine(source, model, batch_size: int, device: str, images: int | None = None):
     """The module that runs: the model itself, or its ``imagezoo.optimize`` engine (CPU only)."""
     if source.eager or device != "cpu":
@@ -208,12 +221,18 @@ class ModelStage:
                  pool: str | None = None, batch_size: int = INFERENCE_BATCH,
                  threads: int | None = None, shapes: dict | None = None,
                  ten_crop: bool = False):
+        self.task, self.top, self.pool = task, top, pool
+        # Classify and evaluate run the cached engine (or shipped graph) without PyTorch.
+        self.light = light_engine_of(source, batch_size) if task != "features" else None
+        if self.light is not None:
+            self.card, self.torch, self.device = self.light.card, None, "cpu"
+            self.schema = classify_schema() if task == "classify" else evaluate_schema()
+            return
         import torch
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.task, self.top, self.pool = task, top, pool
         model = source.load().to(self.device).eval()
         self.card = model.card
         if task == "features":
@@ -234,7 +253,9 @@ class ModelStage:
         paths = [str(path) for path in batch["path"]]
         errors = [str(error) if error else None for error in batch["error"]]
         good = [row for row, error in enumerate(errors) if error is None]
-        if good:
+        if good and self.light is not None:
+            results = self._without_torch(np.ascontiguousarray(batch["pixels"][good]))
+        elif good:
             pixels = self.torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))
             with self.torch.inference_mode():
                 results = getattr(self, f"_{self.task}")(pixels.to(self.device))
@@ -249,6 +270,16 @@ class ModelStage:
                 for name in columns:
                     columns[name].append(record.get(name))
         return pa.table(columns, schema=self.schema)
+
+    def _without_torch(self, pixels: np.ndarray) -> list:
+        from ..tasks.evaluation import top_indices
+        from ..tasks.light_batches import probabilities
+        from ..tasks.results import ranked_rows
+        rows = probabilities(self.light, list(pixels), ten_crop=pixels.ndim == 5)
+        if self.task == "classify":
+            return [[ranked._asdict() for ranked in row]
+                    for row in ranked_rows(rows, self.card.labels, self.top)]
+        return [{"predicted": best} for best in top_indices(rows, self.top)]
 
     def _classify(self, pixels) -> list[list[dict]]:
         from ..tasks.classify import class_probabilities, top_classes

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..card import ModelCard
-from .results import Prediction, Predictions, Ranked  # noqa: F401 (re-exported)
+from .results import Prediction, Predictions, Ranked, capped_top  # noqa: F401 (re-exported)
 from ..errors import ImageDecodeError, ImagezooError
 from ..data.decode_guard import preprocess_reason
 from ..data.batches import INFERENCE_BATCH, ImageDataset, image_batches
@@ -44,14 +44,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if chosen.type == "mps" and not torch.backends.mps.is_available():
         raise ImagezooError(f"device {device!r} is not available on this machine")
     return chosen
-
-
-def capped_top(top: int, card: ModelCard) -> int:
-    """How many classes a top-``top`` list can hold: ``top``, or every class of a model that
-    has fewer (a 2-class model asked for its top 5 ranks both). The CLI says when it caps."""
-    if top < 1:
-        raise ImagezooError(f"top must be at least 1, not {top}")
-    return min(top, card.num_classes)
 
 
 def preprocess(image: str | os.PathLike | Image.Image | np.ndarray, card: ModelCard,

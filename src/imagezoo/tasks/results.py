@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..errors import ImagezooError
+
 
 class Ranked(NamedTuple):
     rank: int
@@ -54,3 +56,11 @@ def ranked_rows(probabilities: np.ndarray, labels: list[str], k: int) -> list[li
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     return [[Ranked(rank + 1, int(c), labels[int(c)], float(row[c])) for rank, c in enumerate(best)]
             for row, best in zip(probabilities, order)]
+
+
+def capped_top(top: int, card) -> int:
+    """How many classes a top-``top`` list can hold: ``top``, or every class of a model that
+    has fewer (a 2-class model asked for its top 5 ranks both). The CLI says when it caps."""
+    if top < 1:
+        raise ImagezooError(f"top must be at least 1, not {top}")
+    return min(top, card.num_classes)
