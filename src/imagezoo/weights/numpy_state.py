@@ -49,9 +49,10 @@ import numpy as np
 from ..errors import WeightsError
 from .state_files import (  # noqa: F401 (re-exported: the reader's callers ask it)
     LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, OPTIONAL_SUFFIXES, SAFETENSORS_SUFFIX,
-    ZIP_LOCAL_HEADER, is_torchscript_file, looks_like_safetensors, looks_like_torch_file,
-    publisher_names, state_dict_kind, state_dict_of,
+    ZIP_LOCAL_HEADER, existing_weight_file, is_torchscript_file, looks_like_safetensors,
+    looks_like_torch_file, publisher_names, state_dict_kind, state_dict_of,
 )
+
 
 def read_arrays(path: str | Path, data: bytes | None = None) -> dict[str, np.ndarray]:
     """The tensors of a ``.pth``/``.pt``/``.th`` (zip or legacy) or ``.safetensors`` file as
@@ -59,11 +60,7 @@ def read_arrays(path: str | Path, data: bytes | None = None) -> dict[str, np.nda
     floating point in float32. Raises ``WeightsError`` for anything else, for a damaged file
     and for a pickle that names anything but tensors. ``data``: the file's bytes, when the
     caller has read them already (to hash them, say)."""
-    path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"{path}: no such weight file")
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a folder, not a weight file")
+    path = existing_weight_file(path)
     if path.suffix == SAFETENSORS_SUFFIX or looks_like_safetensors(path):
         arrays = _read_safetensors(path, data)
     elif is_torchscript_file(path):

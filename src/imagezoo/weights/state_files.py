@@ -117,3 +117,13 @@ def publisher_names(tensors: dict) -> dict:
 
 
 # --- reading ----------------------------------------------------------------------------------
+
+
+def existing_weight_file(path: str | Path) -> Path:
+    """``path`` as a ``Path``, or a ``WeightsError`` when it is missing or a folder."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: no such weight file")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder, not a weight file")
+    return path

@@ -44,18 +44,14 @@ from ..errors import WeightsError, WeightsMismatchError
 # numpy_state (which reads them without it), so that both readers name tensors the same way.
 from .state_files import (  # noqa: E402,F401 (re-exported)
     LEGACY_PICKLES, OPTIONAL_SUFFIXES, PICKLE_PROTO, SAFETENSORS_SUFFIX, ZIP_LOCAL_HEADER,
-    is_torchscript_file, looks_like_safetensors, looks_like_torch_file, publisher_names,
-    state_dict_of,
+    existing_weight_file, is_torchscript_file, looks_like_safetensors, looks_like_torch_file,
+    publisher_names, state_dict_of,
 )
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.pth``/``.pt``/``.safetensors`` file, unwrapped, in float32."""
-    path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"{path}: no such weight file")
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a folder, not a weight file")
+    path = existing_weight_file(path)
     if path.suffix == SAFETENSORS_SUFFIX or looks_like_safetensors(path):
         tensors = _read_safetensors(path)
     elif looks_like_torch_file(path):
